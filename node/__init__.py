@@ -1,0 +1,1 @@
+"""Network side of dicomnode: SCP, SCU, CLI."""

@@ -1,0 +1,365 @@
+"""`dicomnode`: the operator's command line.
+
+Conventions: peers as AET@host:port, --json for scripts (on stdout, nothing
+else there), rich tables and progress bars for people (on stderr where they
+would mix with data), and exit codes scripts can trust:
+
+    0 success            1 something failed / inconsistent / not found
+    2 usage or config    3 remote unreachable     4 remote rejected or refused us
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from node import config as cfg
+from node.peers import Peer, parse_peer
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dicomnode: a DICOM node that never loses an image.")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="node.toml to read")]
+StorageOpt = Annotated[Optional[Path], typer.Option("--storage", help="archive folder")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the index")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+AetOpt = Annotated[Optional[str], typer.Option("--aet", help="our AE title (calling AE for clients)")]
+
+
+def _settings(config: Path | None, **flags: Any) -> cfg.Settings:
+    try:
+        return cfg.load(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    except cfg.ConfigError as exc:
+        err.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _archive(settings: cfg.Settings):  # type: ignore[no-untyped-def]
+    from storage.archive import open_archive
+
+    try:
+        return open_archive(settings.storage_path, settings.db_url)
+    except Exception as exc:  # unreachable database, unwritable folder
+        err.print(f"[red]cannot open the archive at {settings.storage_path}:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_FAIL) from None
+
+
+def _peer(text: str) -> Peer:
+    try:
+        return parse_peer(text)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False, disable=not err.is_terminal)
+
+
+def _timeouts(s: cfg.Settings):  # type: ignore[no-untyped-def]
+    from node.scu import Timeouts
+
+    return Timeouts(s.acse_timeout, s.dimse_timeout, s.network_timeout)
+
+
+def _association_exit(exc: Exception) -> int:
+    return EXIT_UNREACHABLE if getattr(exc, "kind", "") == "unreachable" else EXIT_REJECTED
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="address to listen on")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="TCP port (0 = any free port)")] = None,
+) -> None:
+    """Run the storage SCP until SIGINT/SIGTERM."""
+    from node.serve import serve as run, setup_logging
+
+    s = _settings(config, storage=storage, db=db, aet=aet, host=host, port=port)
+    setup_logging(s.log_level)
+    try:
+        code = run(s)
+    except OSError as exc:
+        err.print(f"[red]cannot listen on {s.host}:{s.port}:[/] {exc}")
+        raise typer.Exit(EXIT_FAIL) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def echo(peer: Annotated[str, typer.Argument(help="AET@host:port")], config: ConfigOpt = None,
+         aet: AetOpt = None, json_out: JsonOpt = False) -> None:
+    """C-ECHO a remote node and report the round-trip time."""
+    from node.scu import AssociationFailed, echo as c_echo
+
+    s = _settings(config, aet=aet)
+    p = _peer(peer)
+    try:
+        rtt = c_echo(p, s.aet, _timeouts(s))
+    except AssociationFailed as exc:
+        if json_out:
+            _emit_json({"peer": str(p), "ok": False, "error": str(exc), "kind": exc.kind})
+        else:
+            err.print(f"[red]echo failed:[/] {exc}")
+        raise typer.Exit(_association_exit(exc)) from None
+    if json_out:
+        _emit_json({"peer": str(p), "ok": True, "rtt_ms": round(rtt, 3)})
+    else:
+        out.print(f"{p}: C-ECHO success in {rtt:.1f} ms")
+
+
+@app.command()
+def send(peer: Annotated[str, typer.Argument(help="AET@host:port")],
+         paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive)")],
+         config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
+    """C-STORE files to a remote node over one association."""
+    from node.scu import AssociationFailed, iter_files, send as c_send
+
+    s = _settings(config, aet=aet)
+    p = _peer(peer)
+    files = list(iter_files(paths))
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        err.print(f"[red]no such file:[/] {missing[0]}")
+        raise typer.Exit(EXIT_USAGE)
+    with _progress() as bar:
+        task = bar.add_task(f"sending to {p.aet}", total=len(files))
+        try:
+            report = c_send(p, files, s.aet, _timeouts(s), progress=lambda _i: bar.advance(task))
+        except AssociationFailed as exc:
+            err.print(f"[red]send failed:[/] {exc}")
+            raise typer.Exit(_association_exit(exc)) from None
+    rows = [{"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
+             "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment}
+            for i in report.items]
+    summary = {k: report.count(k) for k in ("success", "warning", "failed")}
+    if json_out:
+        _emit_json({"peer": str(p), "summary": summary, "files": rows})
+    else:
+        _status_table(rows, "send")
+        out.print(f"{summary['success']} sent, {summary['warning']} with warnings, {summary['failed']} failed")
+    raise typer.Exit(EXIT_FAIL if summary["failed"] else EXIT_OK)
+
+
+@app.command("import")
+def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive)")],
+            config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+            force: Annotated[bool, typer.Option("--force", help="accept files without preamble/meta")] = False,
+            json_out: JsonOpt = False) -> None:
+    """Put local files into the archive through the same ingest path as C-STORE."""
+    from node.scu import iter_files
+    from storage.ingest import DuplicatePolicy, Ingester
+
+    s = _settings(config, storage=storage, db=db)
+    layout, index = _archive(s)
+    ing = Ingester(layout, index, DuplicatePolicy(s.duplicate_policy), s.min_free_mb * 1024 * 1024)
+    files = list(iter_files(paths))
+    rows = []
+    with _progress() as bar:
+        task = bar.add_task("importing", total=len(files))
+        for f in files:
+            o = ing.import_file(f, force=force)
+            rows.append({"path": str(f), "SOPInstanceUID": o.sop_instance_uid,
+                         "state": "success" if o.ok else "failed", "action": o.action,
+                         "status": f"0x{o.status:04X}", "comment": o.comment})
+            bar.advance(task)
+    failed = sum(1 for r in rows if r["state"] == "failed")
+    if json_out:
+        _emit_json({"summary": {"imported": len(rows) - failed, "failed": failed}, "files": rows})
+    else:
+        _status_table(rows, "import")
+        out.print(f"{len(rows) - failed} imported, {failed} failed")
+    raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def _status_table(rows: list[dict[str, Any]], what: str) -> None:
+    shown = [r for r in rows if r["state"] != "success"] if len(rows) > 20 else rows
+    if not shown:
+        return
+    t = Table(title=f"{what}: {'problems' if len(shown) < len(rows) else 'files'}")
+    for col in ("path", "state", "status", "comment"):
+        t.add_column(col, overflow="fold")
+    for r in shown:
+        style = {"success": "green", "warning": "yellow"}.get(r["state"], "red")
+        t.add_row(r["path"], f"[{style}]{r['state']}[/]", r["status"] or "", r["comment"])
+    out.print(t)
+
+
+LEVEL_NAMES = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
+LS_COLUMNS = {
+    "PATIENT": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
+    "STUDY": ["PatientID", "PatientName", "StudyDate", "StudyDescription", "AccessionNumber",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"],
+    "SERIES": ["PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
+    "IMAGE": ["PatientID", "Modality", "InstanceNumber", "SOPClassUID", "TransferSyntaxUID", "Rows", "Columns",
+              "NumberOfFrames", "SOPInstanceUID"],
+}
+
+
+@app.command()
+def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | instances")],
+       filters: Annotated[Optional[list[str]], typer.Option("-k", help="Key=Value filter (* and ? wildcards)")] = None,
+       limit: Annotated[Optional[int], typer.Option("--limit", help="at most this many rows")] = None,
+       config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """List what the archive holds at one level."""
+    lv = LEVEL_NAMES.get(level.lower())
+    if lv is None:
+        err.print(f"[red]unknown level {level!r}:[/] patients, studies, series or instances")
+        raise typer.Exit(EXIT_USAGE)
+    keys = _parse_keys(filters or [])
+    s = _settings(config, storage=storage, db=db)
+    _layout, index = _archive(s)
+    try:
+        rows = list(index.list_level(lv, keys, limit))
+    except KeyError as exc:
+        err.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+    if lv == "IMAGE":
+        for r in rows:
+            r["path"] = str(_layout.absolute(r["path"]))
+    if json_out:
+        _emit_json(rows)
+        return
+    t = Table(title=f"{len(rows)} {level}")
+    for col in LS_COLUMNS[lv]:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in LS_COLUMNS[lv]))
+    out.print(t)
+
+
+def _parse_keys(items: list[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err.print(f"[red]-k {item!r}:[/] expected Key=Value, e.g. -k PatientID=123")
+            raise typer.Exit(EXIT_USAGE)
+        keys[key.strip()] = value
+    return keys
+
+
+@app.command()
+def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
+         config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """The index row of a study, series or instance, and a header dump."""
+    from storage.header import read_header
+
+    s = _settings(config, storage=storage, db=db)
+    layout, index = _archive(s)
+    level, row = index.find_any(uid)
+    if row is None:
+        err.print(f"[red]{uid} is not in the archive[/]")
+        raise typer.Exit(EXIT_FAIL)
+    header_text = ""
+    if level == "IMAGE":
+        row["path"] = str(layout.absolute(row["path"]))
+        try:
+            header = read_header(Path(row["path"]))
+            header_text = str(header.meta) + "\n" + str(header.ds)
+            row["header"] = header.ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "")
+        except Exception as exc:
+            header_text = f"cannot read header: {exc}"
+            row["header_error"] = header_text
+    if json_out:
+        _emit_json({"level": level, **row})
+        return
+    t = Table(title=f"{level} {uid}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    for k, v in row.items():
+        if k != "header":
+            t.add_row(k, "" if v is None else str(v))
+    out.print(t)
+    if header_text:
+        out.print(header_text, markup=False, highlight=False)
+
+
+@app.command()
+def stats(config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts per level and bytes stored."""
+    s = _settings(config, storage=storage, db=db)
+    _layout, index = _archive(s)
+    st = index.stats()
+    if json_out:
+        _emit_json(st)
+        return
+    t = Table(title="archive")
+    for k in st:
+        t.add_column(k, justify="right")
+    t.add_row(*(f"{v:,}" for v in st.values()))
+    out.print(t)
+
+
+@app.command()
+def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
+           config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Remove a study, series or instance: index rows first, then its files."""
+    from storage import durable
+
+    s = _settings(config, storage=storage, db=db)
+    layout, index = _archive(s)
+    paths = index.delete(uid)
+    if not paths:
+        err.print(f"[red]{uid} is not in the archive[/]")
+        raise typer.Exit(EXIT_FAIL)
+    removed = sum(durable.remove(layout.absolute(p)) for p in paths)
+    if json_out:
+        _emit_json({"uid": uid, "instances_deleted": len(paths), "files_removed": removed})
+    else:
+        out.print(f"deleted {uid}: {len(paths)} instance(s), {removed} file(s) removed")
+
+
+@app.command()
+def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, drop rows without files")] = False,
+          quick: Annotated[bool, typer.Option("--quick", help="skip content hash verification")] = False,
+          config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Compare the index with the files; exit 1 when they disagree."""
+    from storage.check import check as run_check, repair as run_repair
+
+    s = _settings(config, storage=storage, db=db)
+    layout, index = _archive(s)
+    total = index.stats()["instances"]
+    with _progress() as bar:
+        task = bar.add_task("checking", total=total)
+        report = run_check(layout, index, verify_hashes=not quick, progress=lambda: bar.advance(task))
+    if repair and not report.consistent:
+        run_repair(layout, index, report)
+    if json_out:
+        _emit_json(report.as_dict())
+    else:
+        colour = "green" if report.consistent else "red"
+        out.print(f"[{colour}]{report.checked} instances checked: {len(report.missing)} missing files, "
+                  f"{len(report.orphans)} orphan files, {len(report.mismatched)} hash mismatches[/]")
+        for name, items in (("missing", report.missing), ("orphan", report.orphans),
+                            ("mismatch", report.mismatched), ("unrepairable", report.unrepairable)):
+            for i in items[:50]:
+                out.print(f"  {name}: {i}", markup=False)
+        if report.repaired:
+            out.print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
+    still_bad = report.mismatched or report.unrepairable or (not repair and not report.consistent)
+    raise typer.Exit(EXIT_FAIL if still_bad else EXIT_OK)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Running the node: start listening, say so once, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from node.config import Settings
+from node.scp import StorageSCP
+from storage.archive import open_archive
+from storage.ingest import DuplicatePolicy, Ingester
+
+log = logging.getLogger("dicomnode")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # pynetdicom narrates every PDU at INFO; we log one line per association and per object.
+    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
+    layout, index = open_archive(settings.storage_path, settings.db_url)
+    ingester = Ingester(layout, index, DuplicatePolicy(settings.duplicate_policy),
+                        settings.min_free_mb * 1024 * 1024)
+    scp = StorageSCP(settings, ingester)
+    ae = scp.build_ae()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers())
+    host, port = server.server_address[:2]
+    print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
+    log.info("archive %s, index %s, duplicates: %s", layout.root,
+             settings.db_url or "sqlite (in archive)", settings.duplicate_policy)
+    while not stop.wait(1.0):
+        pass
+
+    log.info("stopping: no new associations; waiting up to %.0f s for %d open",
+             settings.shutdown_grace, len(ae.active_associations))
+    server.shutdown()
+    deadline = time.monotonic() + settings.shutdown_grace
+    while ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    scp.in_flight.wait_idle(timeout=max(settings.dimse_timeout, 5.0))
+    for assoc in ae.active_associations:
+        assoc.abort()
+    log.info("stopped")
+    return 0

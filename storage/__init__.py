@@ -1,0 +1,1 @@
+"""Archive on disk and its SQL index."""

@@ -1,0 +1,87 @@
+"""The index against the files: what a crash or a hand in the archive can leave behind.
+
+By construction a crash leaves at most an *orphan* (a complete file renamed
+into place whose index commit never happened, so it was never acknowledged)
+or a stale temp file. Missing files and hash mismatches mean something
+outside the node touched the archive, or the disk failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.archive import Layout
+from storage.header import HeaderError, index_values, read_header
+from storage.index import FileFacts, Index, PutResult
+
+
+@dataclass
+class CheckReport:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    repaired: dict[str, int] = field(default_factory=dict)
+    unrepairable: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing or self.orphans or self.mismatched)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"consistent": self.consistent, "checked": self.checked, "missing_files": self.missing,
+                "orphan_files": self.orphans, "hash_mismatches": self.mismatched,
+                "repaired": self.repaired, "unrepairable": self.unrepairable}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check(layout: Layout, index: Index, verify_hashes: bool = True,
+          progress: Callable[[], None] | None = None) -> CheckReport:
+    report = CheckReport()
+    on_disk = {layout.relative(p) for p in layout.objects.rglob("*.dcm")}
+    for rel, sha, _uid in index.all_files():
+        report.checked += 1
+        if rel not in on_disk:
+            report.missing.append(rel)
+        else:
+            on_disk.discard(rel)
+            if verify_hashes and file_sha256(layout.absolute(rel)) != sha:
+                report.mismatched.append(rel)
+        if progress:
+            progress()
+    report.orphans = sorted(on_disk)
+    return report
+
+
+def repair(layout: Layout, index: Index, report: CheckReport) -> None:
+    """Drop rows without files; index orphans (or remove those whose instance is indexed elsewhere)."""
+    report.repaired["rows_dropped"] = index.drop_instances(report.missing)
+    adopted = removed = 0
+    for rel in report.orphans:
+        path = layout.absolute(rel)
+        try:
+            header = read_header(path)
+        except HeaderError as exc:
+            report.unrepairable.append(f"{rel}: {exc}")
+            continue
+        values = index_values(header)
+        facts = FileFacts(rel, path.stat().st_size, file_sha256(path), None, "check --repair")
+        result, other = index.put_instance(values, facts)
+        if result is PutResult.EXISTS:
+            if other != rel:
+                path.unlink()
+                removed += 1
+        else:
+            adopted += 1
+    report.repaired["orphans_indexed"] = adopted
+    report.repaired["orphans_removed_as_duplicates"] = removed

@@ -1,0 +1,123 @@
+"""Reading what the index needs from a stored object, without its bulk data.
+
+The header is parsed up to Pixel Data and large values are deferred, so the
+cost of validating an object does not grow with its size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from storage.models import Instance, Patient, Series, Study, dicom_keywords
+
+DEFER_BYTES = 64 * 1024
+_UID_CHARS = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class HeaderError(ValueError):
+    """The object cannot be parsed as DICOM."""
+
+
+class InvalidObject(ValueError):
+    """The object parses but cannot be archived (missing or invalid identifiers)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Header:
+    meta: FileMetaDataset
+    ds: Dataset
+
+    @property
+    def transfer_syntax(self) -> str:
+        return str(self.meta.get("TransferSyntaxUID", ""))
+
+    def uid(self, keyword: str) -> str:
+        return str(self.ds.get(keyword, "") or "").strip("\x00 ")
+
+
+def read_header(path: Path, force: bool = False) -> Header:
+    """Parse the File Meta and the data set up to (not including) Pixel Data."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=force)
+        meta = ds.file_meta
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise HeaderError(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
+    return Header(meta=meta, ds=ds)
+
+
+def uid_problem(value: str) -> str | None:
+    """Why a UID cannot identify an object, or None.
+
+    Leading zeros in a component are tolerated: several vendors emit them,
+    and refusing their images would lose data for a cosmetic violation.
+    """
+    if not value:
+        return "missing"
+    if len(value) > 64:
+        return f"longer than 64 characters ({len(value)})"
+    if not _UID_CHARS.match(value):
+        return "not digits separated by dots"
+    return None
+
+
+def text(value: Any) -> str | None:
+    """A DICOM value in its string form: multi-values joined by backslash, names as stored."""
+    if value is None:
+        return None
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(text(v) or "" for v in value)
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1", "replace")
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def level_values(ds: Dataset, model: type) -> dict[str, Any]:
+    """The values of a level's indexed DICOM attributes present in the data set."""
+    values: dict[str, Any] = {}
+    for kw in dicom_keywords(model):
+        if kw not in ds:
+            continue
+        try:
+            raw = ds[kw].value
+        except Exception:
+            continue  # an unreadable optional attribute is not worth losing the object
+        column_type = model.__table__.columns[kw].type.python_type
+        values[kw] = _int(raw) if column_type is int else text(raw)
+    return values
+
+
+def index_values(header: Header) -> dict[str, dict[str, Any]]:
+    ds = header.ds
+    inst = level_values(ds, Instance)
+    inst["TransferSyntaxUID"] = header.transfer_syntax
+    inst["SOPClassUID"] = header.uid("SOPClassUID")
+    inst["SOPInstanceUID"] = header.uid("SOPInstanceUID")
+    if inst.get("NumberOfFrames") is None and inst.get("Rows"):
+        inst["NumberOfFrames"] = 1
+    return {
+        "PATIENT": level_values(ds, Patient),
+        "STUDY": level_values(ds, Study),
+        "SERIES": level_values(ds, Series),
+        "IMAGE": inst,
+    }

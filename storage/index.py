@@ -1,0 +1,286 @@
+"""Reading and writing index rows: the patient/study/series/instance hierarchy.
+
+Writes run in one short transaction per stored object. Concurrent first
+arrivals of the same study race on its unique key; the loser retries and
+finds the winner's row (on SQLite, BEGIN IMMEDIATE already serialises them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import LEVELS, Base, Instance, Patient, Series, Study, dicom_keywords
+
+WRITE_RETRIES = 5
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class FileFacts:
+    path: str
+    file_size: int
+    sha256: str
+    calling_aet: str | None = None
+    peer_address: str | None = None
+
+
+class PutResult(Enum):
+    INSERTED = "inserted"
+    REPLACED = "replaced"
+    EXISTS = "exists"
+
+
+class Index:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # -- writes -----------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> Instance | None:
+        with self.sessions() as s:
+            return s.scalar(select(Instance).where(Instance.SOPInstanceUID == sop_instance_uid))
+
+    def put_instance(self, values: dict[str, dict[str, Any]], facts: FileFacts,
+                     overwrite: bool = False) -> tuple[PutResult, str | None]:
+        """Insert the object's rows, or (overwrite) repoint an existing instance row.
+
+        Returns what happened and the path the instance row points (EXISTS) or
+        pointed (REPLACED) to; the caller removes a replaced file only after
+        this commit, so a crash in between leaves an orphan, never a row
+        without its file.
+        """
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self.sessions.begin() as s:
+                    return self._put(s, values, facts, overwrite)
+            except IntegrityError:
+                if attempt == WRITE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _put(self, s: Session, values: dict[str, dict[str, Any]], facts: FileFacts,
+             overwrite: bool) -> tuple[PutResult, str | None]:
+        t = now()
+        iv = values["IMAGE"]
+        inst = s.scalar(select(Instance).where(Instance.SOPInstanceUID == iv["SOPInstanceUID"]))
+        if inst is not None and not overwrite:
+            return PutResult.EXISTS, inst.path
+        pv = values["PATIENT"]
+        patient = s.scalar(
+            select(Patient).where(
+                Patient.PatientID == (pv.get("PatientID") or ""),
+                Patient.IssuerOfPatientID == (pv.get("IssuerOfPatientID") or ""),
+            )
+        )
+        if patient is None:
+            patient = Patient(**{**pv, "PatientID": pv.get("PatientID") or "",
+                                 "IssuerOfPatientID": pv.get("IssuerOfPatientID") or ""}, created_at=t)
+            s.add(patient)
+            s.flush()
+        study = s.scalar(select(Study).where(Study.StudyInstanceUID == values["STUDY"]["StudyInstanceUID"]))
+        if study is None:
+            study = Study(**values["STUDY"], patient_pk=patient.id, created_at=t)
+            s.add(study)
+            s.flush()
+        series = s.scalar(select(Series).where(Series.SeriesInstanceUID == values["SERIES"]["SeriesInstanceUID"]))
+        if series is None:
+            series = Series(**values["SERIES"], study_pk=study.id, created_at=t)
+            s.add(series)
+            s.flush()
+        row = {**iv, "path": facts.path, "file_size": facts.file_size, "sha256": facts.sha256,
+               "received_at": t, "calling_aet": facts.calling_aet, "peer_address": facts.peer_address,
+               "series_pk": series.id}
+        if inst is None:
+            s.add(Instance(**row))
+            return PutResult.INSERTED, None
+        else:
+            old_path = inst.path
+            old_series = inst.series_pk
+            for k in dicom_keywords(Instance):
+                setattr(inst, k, None)
+            for k, v in row.items():
+                setattr(inst, k, v)
+            s.flush()
+            if old_series != series.id:
+                _prune_empty(s, old_series)
+            return PutResult.REPLACED, old_path
+
+    def delete(self, uid: str) -> list[str]:
+        """Remove a study, series or instance (and parents left empty); return its files' paths."""
+        with self.sessions.begin() as s:
+            level, row = _find_any(s, uid)
+            if row is None:
+                return []
+            q = _instances_under(level, row.id)
+            paths = list(s.scalars(q.with_only_columns(Instance.path)))
+            ids = list(s.scalars(q.with_only_columns(Instance.id)))
+            series_ids = set(s.scalars(q.with_only_columns(Instance.series_pk)))
+            s.execute(delete(Instance).where(Instance.id.in_(ids)))
+            for sid in series_ids:
+                _prune_empty(s, sid)
+            if level == "STUDY":
+                _prune_study(s, row.id)
+            return paths
+
+    def drop_instances(self, paths: list[str]) -> int:
+        """Drop the rows of instances whose files are gone (check --repair)."""
+        n = 0
+        with self.sessions.begin() as s:
+            for p in paths:
+                inst = s.scalar(select(Instance).where(Instance.path == p))
+                if inst is None:
+                    continue
+                sid = inst.series_pk
+                s.delete(inst)
+                s.flush()
+                _prune_empty(s, sid)
+                n += 1
+        return n
+
+    # -- reads ------------------------------------------------------------
+
+    def find_any(self, uid: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The level and flattened row (with its parents' keys) of a study, series or instance UID."""
+        with self.sessions() as s:
+            level, row = _find_any(s, uid)
+            if row is None:
+                return None, None
+            return level, flatten(s, level, row)
+
+    def list_level(self, level: str, filters: dict[str, str], limit: int | None = None) -> Iterator[dict[str, Any]]:
+        model = LEVELS[level]
+        with self.sessions() as s:
+            q = _joined(level)
+            for key, value in filters.items():
+                col = _column(key)
+                q = q.where(col.like(value.replace("*", "%").replace("?", "_")) if ("*" in value or "?" in value)
+                            else col == value)
+            q = q.order_by(model.id)
+            if limit:
+                q = q.limit(limit)
+            for row in s.scalars(q):
+                yield flatten(s, level, row)
+
+    def stats(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return {
+                "patients": s.scalar(select(func.count(Patient.id))) or 0,
+                "studies": s.scalar(select(func.count(Study.id))) or 0,
+                "series": s.scalar(select(func.count(Series.id))) or 0,
+                "instances": s.scalar(select(func.count(Instance.id))) or 0,
+                "bytes": s.scalar(select(func.coalesce(func.sum(Instance.file_size), 0))) or 0,
+            }
+
+    def all_files(self) -> Iterator[tuple[str, str, str]]:
+        """(path, sha256, SOPInstanceUID) of every instance, streamed."""
+        with self.sessions() as s:
+            for row in s.execute(select(Instance.path, Instance.sha256, Instance.SOPInstanceUID)
+                                 .execution_options(yield_per=1000)):
+                yield row[0], row[1], row[2]
+
+
+_PARENT = {"IMAGE": "SERIES", "SERIES": "STUDY", "STUDY": "PATIENT"}
+_FK = {"IMAGE": "series", "SERIES": "study", "STUDY": "patient"}
+
+
+def _column(keyword: str):  # type: ignore[no-untyped-def]
+    for model in LEVELS.values():
+        if keyword in model.__table__.columns and keyword in dicom_keywords(model):
+            return model.__table__.columns[keyword]
+    raise KeyError(f"{keyword} is not an indexed attribute")
+
+
+def _joined(level: str):  # type: ignore[no-untyped-def]
+    """SELECT of a level joined to its parents, so filters may name any parent's key."""
+    q = select(LEVELS[level])
+    lv = level
+    while lv in _PARENT:
+        child, parent = LEVELS[lv], LEVELS[_PARENT[lv]]
+        q = q.join(parent, getattr(child, _FK[lv]))
+        lv = _PARENT[lv]
+    return q
+
+
+def flatten(s: Session, level: str, row: Base) -> dict[str, Any]:
+    """A row with its parents' DICOM keys, keyed by DICOM keyword."""
+    out: dict[str, Any] = {}
+    lv, obj = level, row
+    while True:
+        for kw in dicom_keywords(LEVELS[lv]):
+            out.setdefault(kw, getattr(obj, kw))
+        if lv not in _PARENT:
+            break
+        obj = getattr(obj, _FK[lv])
+        lv = _PARENT[lv]
+    if isinstance(row, Instance):
+        out.update(path=row.path, file_size=row.file_size, sha256=row.sha256,
+                   received_at=row.received_at.isoformat() + "Z", calling_aet=row.calling_aet,
+                   peer_address=row.peer_address)
+    elif isinstance(row, Series):
+        out["NumberOfSeriesRelatedInstances"] = s.scalar(
+            select(func.count(Instance.id)).where(Instance.series_pk == row.id))
+    elif isinstance(row, Study):
+        out["NumberOfStudyRelatedSeries"] = s.scalar(select(func.count(Series.id)).where(Series.study_pk == row.id))
+        out["NumberOfStudyRelatedInstances"] = s.scalar(
+            select(func.count(Instance.id)).join(Series).where(Series.study_pk == row.id))
+    elif isinstance(row, Patient):
+        out["NumberOfPatientRelatedStudies"] = s.scalar(
+            select(func.count(Study.id)).where(Study.patient_pk == row.id))
+    return out
+
+
+def _find_any(s: Session, uid: str) -> tuple[str | None, Base | None]:
+    for level, model, key in (("STUDY", Study, Study.StudyInstanceUID),
+                              ("SERIES", Series, Series.SeriesInstanceUID),
+                              ("IMAGE", Instance, Instance.SOPInstanceUID)):
+        row = s.scalar(select(model).where(key == uid))
+        if row is not None:
+            return level, row
+    return None, None
+
+
+def _instances_under(level: str, pk: int):  # type: ignore[no-untyped-def]
+    q = select(Instance.id)
+    if level == "IMAGE":
+        return q.where(Instance.id == pk)
+    if level == "SERIES":
+        return q.where(Instance.series_pk == pk)
+    return q.join(Series, Instance.series_pk == Series.id).where(Series.study_pk == pk)
+
+
+def _prune_empty(s: Session, series_pk: int) -> None:
+    """Remove a series without instances, and its study and patient when they become empty."""
+    if s.scalar(select(func.count(Instance.id)).where(Instance.series_pk == series_pk)):
+        return
+    series = s.get(Series, series_pk)
+    if series is None:
+        return
+    study_pk = series.study_pk
+    s.delete(series)
+    s.flush()
+    _prune_study(s, study_pk)
+
+
+def _prune_study(s: Session, study_pk: int) -> None:
+    if s.scalar(select(func.count(Series.id)).where(Series.study_pk == study_pk)):
+        return
+    study = s.get(Study, study_pk)
+    if study is None:
+        return
+    patient_pk = study.patient_pk
+    s.delete(study)
+    s.flush()
+    if not s.scalar(select(func.count(Study.id)).where(Study.patient_pk == patient_pk)):
+        patient = s.get(Patient, patient_pk)
+        if patient is not None:
+            s.delete(patient)
