@@ -13,7 +13,6 @@ whatever the object's size.
 from __future__ import annotations
 
 import threading
-import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +20,10 @@ from pynetdicom import _config, dimse_messages
 
 from storage.durable import HashingSink
 
-# Weak: pynetdicom's message holds the sink while it is received and handled;
-# when an association dies mid-transfer the message goes, the sink is
-# collected and its finalizer deletes the partial file.
-_sinks: "weakref.WeakValueDictionary[str, HashingSink]" = weakref.WeakValueDictionary()
+# Sinks not yet claimed by a C-STORE handler, by file name, with the
+# association that receives them: when that association ends (released,
+# aborted, connection lost mid-transfer) its unclaimed sinks are discarded.
+_sinks: dict[str, tuple[int, HashingSink]] = {}
 _lock = threading.Lock()
 
 
@@ -35,9 +34,11 @@ def install(make_sink: Callable[[], HashingSink]) -> None:
                            "node/receive.py needs updating")
 
     def factory(*_args: Any, **_kwargs: Any) -> HashingSink:
+        # pynetdicom decodes PDUs in the association's DUL thread, which knows its association.
+        owner = id(getattr(threading.current_thread(), "assoc", None))
         sink = make_sink()
         with _lock:
-            _sinks[sink.name] = sink
+            _sinks[sink.name] = (owner, sink)
         return sink
 
     _config.STORE_RECV_CHUNKED_DATASET = True
@@ -47,7 +48,17 @@ def install(make_sink: Callable[[], HashingSink]) -> None:
 def claim(path: Path) -> HashingSink:
     """The sink behind a C-STORE event's dataset_path (removed from the registry)."""
     with _lock:
-        sink = _sinks.pop(str(path), None)
-    if sink is None:
+        entry = _sinks.pop(str(path), None)
+    if entry is None:
         raise KeyError(f"no receive sink for {path}")
-    return sink
+    return entry[1]
+
+
+def discard_unclaimed(assoc: object) -> int:
+    """Delete the partial files of an association that has ended."""
+    with _lock:
+        names = [n for n, (owner, _s) in _sinks.items() if owner == id(assoc)]
+        entries = [_sinks.pop(n) for n in names]
+    for _owner, sink in entries:
+        sink.discard()
+    return len(entries)

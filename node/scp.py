@@ -88,6 +88,7 @@ class StorageSCP:
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
         ]
 
     # -- association events -------------------------------------------------
@@ -98,6 +99,12 @@ class StorageSCP:
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             pass
+
+    def on_conn_close(self, event: Any) -> None:
+        dropped = receive.discard_unclaimed(event.assoc)
+        if dropped:
+            log.warning("association %s closed mid-transfer: %d partial object(s) discarded",
+                        _who(event.assoc), dropped)
 
     def on_accepted(self, event: Any) -> None:
         with self._lock:

@@ -166,12 +166,12 @@ def _identity_problem(header, sop_class: str | None, sop_instance: str | None) -
             status = CANNOT_UNDERSTAND if kw == "SOPClassUID" else BAD_IDENTIFIER
             return Outcome(status, f"{kw} is {why}", header.uid("SOPInstanceUID"), action="failed")
     if sop_instance is not None and header.uid("SOPInstanceUID") != sop_instance.strip("\x00 "):
-        return Outcome(DOES_NOT_MATCH, f"SOPInstanceUID {header.uid('SOPInstanceUID')} in the data set differs "
-                       f"from the request's Affected SOP Instance UID {sop_instance}",
+        return Outcome(DOES_NOT_MATCH, f"SOP Instance UID differs from request: data set has "
+                       f"{header.uid('SOPInstanceUID')}, request {sop_instance}",
                        header.uid("SOPInstanceUID"), action="failed")
     if sop_class is not None and header.uid("SOPClassUID") != sop_class.strip("\x00 "):
-        return Outcome(DOES_NOT_MATCH, f"SOPClassUID {header.uid('SOPClassUID')} in the data set differs "
-                       f"from the request's Affected SOP Class UID {sop_class}",
+        return Outcome(DOES_NOT_MATCH, f"SOP Class UID differs from request: data set has "
+                       f"{header.uid('SOPClassUID')}, request {sop_class}",
                        header.uid("SOPInstanceUID"), action="failed")
     if not header.transfer_syntax:
         return Outcome(CANNOT_UNDERSTAND, "no Transfer Syntax UID in the file meta information", action="failed")
