@@ -78,6 +78,10 @@ def _ae(calling_aet: str, timeouts: Timeouts) -> AE:
 
 def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Any:
     rejection: list[str] = []
+    connected: list[bool] = []
+
+    def on_open(_event: Any) -> None:
+        connected.append(True)
 
     def on_acse_recv(event: Any) -> None:
         prim = event.primitive
@@ -86,11 +90,15 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Any:
 
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet,
-                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)], **kwargs)
+                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_open)],
+                             **kwargs)
     except OSError as exc:
         raise AssociationFailed("unreachable", f"{peer}: {exc}") from None
     if assoc.is_established:
         return assoc
+    if not connected:
+        raise AssociationFailed("unreachable", f"{peer}: cannot connect (refused, or no route within "
+                                f"{ae.network_timeout:.0f} s)")
     if assoc.is_rejected:
         raise AssociationFailed("rejected", f"{peer} rejected the association ({'; '.join(rejection) or 'no reason'})")
     if assoc.is_aborted:
