@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.db import default_url, open_index
+from storage.db import default_url, is_sqlite, open_index
 from storage.durable import clean_stale_temp, make_dirs_durable
 from storage.index import Index
 
@@ -59,5 +59,6 @@ def open_archive(root: Path, db_url: str | None = None) -> tuple[Layout, Index]:
     for d in (layout.objects, layout.tmp):
         make_dirs_durable(d)
     clean_stale_temp(layout.tmp)
-    _engine, sessions = open_index(db_url or default_url(root))
-    return layout, Index(sessions)
+    url = db_url or default_url(root)
+    _engine, sessions = open_index(url)
+    return layout, Index(sessions, serialize_writes=is_sqlite(url))

@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import config as pydicom_config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from storage.models import Instance, Patient, Series, Study, dicom_keywords
+from storage.models import Instance, Patient, Series, Study, dicom_tags, integer_columns
 
 DEFER_BYTES = 64 * 1024
+
+# Objects are archived as received; checking every value's VR syntax on the
+# way in would only cost time (and fill the log) on the hot path.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 _UID_CHARS = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -95,15 +99,15 @@ def _int(value: Any) -> int | None:
 def level_values(ds: Dataset, model: type) -> dict[str, Any]:
     """The values of a level's indexed DICOM attributes present in the data set."""
     values: dict[str, Any] = {}
-    for kw in dicom_keywords(model):
-        if kw not in ds:
+    ints = integer_columns(model)
+    for kw, tag in dicom_tags(model):
+        if tag not in ds:
             continue
         try:
-            raw = ds[kw].value
+            raw = ds[tag].value
         except Exception:
             continue  # an unreadable optional attribute is not worth losing the object
-        column_type = model.__table__.columns[kw].type.python_type
-        values[kw] = _int(raw) if column_type is int else text(raw)
+        values[kw] = _int(raw) if kw in ints else text(raw)
     return values
 
 

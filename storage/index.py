@@ -7,12 +7,14 @@ finds the winner's row (on SQLite, BEGIN IMMEDIATE already serialises them).
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from enum import Enum
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Iterator
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,14 +43,20 @@ class PutResult(Enum):
 
 
 class Index:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], serialize_writes: bool = False) -> None:
         self.sessions = sessions
+        # SQLite has one writer at a time and makes the others wait in a
+        # sleeping busy handler (1, 2, 5, 10 ... ms naps). Queueing our own
+        # threads on a lock hands the write lock over at once instead.
+        self._write_lock: threading.Lock | nullcontext[None] = (
+            threading.Lock() if serialize_writes else nullcontext())
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with self._write_lock, self.sessions.begin() as s:
+            yield s
 
     # -- writes -----------------------------------------------------------
-
-    def find_instance(self, sop_instance_uid: str) -> Instance | None:
-        with self.sessions() as s:
-            return s.scalar(select(Instance).where(Instance.SOPInstanceUID == sop_instance_uid))
 
     def put_instance(self, values: dict[str, dict[str, Any]], facts: FileFacts,
                      overwrite: bool = False) -> tuple[PutResult, str | None]:
@@ -59,65 +67,45 @@ class Index:
         this commit, so a crash in between leaves an orphan, never a row
         without its file.
         """
+        engine = self.sessions.kw["bind"]
         for attempt in range(WRITE_RETRIES):
             try:
-                with self.sessions.begin() as s:
-                    return self._put(s, values, facts, overwrite)
+                with self._write_lock, engine.begin() as conn:
+                    return self._put(conn, values, facts, overwrite)
             except IntegrityError:
                 if attempt == WRITE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _put(self, s: Session, values: dict[str, dict[str, Any]], facts: FileFacts,
+    def _put(self, conn: Connection, values: dict[str, dict[str, Any]], facts: FileFacts,
              overwrite: bool) -> tuple[PutResult, str | None]:
+        """Core statements, not ORM objects: this runs once per received object.
+
+        The common case (a further image of a known series) costs two indexed
+        SELECTs and one INSERT.
+        """
         t = now()
         iv = values["IMAGE"]
-        inst = s.scalar(select(Instance).where(Instance.SOPInstanceUID == iv["SOPInstanceUID"]))
-        if inst is not None and not overwrite:
-            return PutResult.EXISTS, inst.path
-        pv = values["PATIENT"]
-        patient = s.scalar(
-            select(Patient).where(
-                Patient.PatientID == (pv.get("PatientID") or ""),
-                Patient.IssuerOfPatientID == (pv.get("IssuerOfPatientID") or ""),
-            )
-        )
-        if patient is None:
-            patient = Patient(**{**pv, "PatientID": pv.get("PatientID") or "",
-                                 "IssuerOfPatientID": pv.get("IssuerOfPatientID") or ""}, created_at=t)
-            s.add(patient)
-            s.flush()
-        study = s.scalar(select(Study).where(Study.StudyInstanceUID == values["STUDY"]["StudyInstanceUID"]))
-        if study is None:
-            study = Study(**values["STUDY"], patient_pk=patient.id, created_at=t)
-            s.add(study)
-            s.flush()
-        series = s.scalar(select(Series).where(Series.SeriesInstanceUID == values["SERIES"]["SeriesInstanceUID"]))
-        if series is None:
-            series = Series(**values["SERIES"], study_pk=study.id, created_at=t)
-            s.add(series)
-            s.flush()
+        old = conn.execute(select(INS.c.id, INS.c.path, INS.c.series_pk)
+                           .where(INS.c.SOPInstanceUID == iv["SOPInstanceUID"])).first()
+        if old is not None and not overwrite:
+            return PutResult.EXISTS, old.path
+        series_pk = _series_pk(conn, values, t)
         row = {**iv, "path": facts.path, "file_size": facts.file_size, "sha256": facts.sha256,
                "received_at": t, "calling_aet": facts.calling_aet, "peer_address": facts.peer_address,
-               "series_pk": series.id}
-        if inst is None:
-            s.add(Instance(**row))
+               "series_pk": series_pk}
+        if old is None:
+            conn.execute(insert(INS).values(**row))
             return PutResult.INSERTED, None
-        else:
-            old_path = inst.path
-            old_series = inst.series_pk
-            for k in dicom_keywords(Instance):
-                setattr(inst, k, None)
-            for k, v in row.items():
-                setattr(inst, k, v)
-            s.flush()
-            if old_series != series.id:
-                _prune_empty(s, old_series)
-            return PutResult.REPLACED, old_path
+        cleared = {k: None for k in dicom_keywords(Instance) if k not in row}
+        conn.execute(update(INS).where(INS.c.id == old.id).values(**cleared, **row))
+        if old.series_pk != series_pk:
+            _prune_empty(Session(bind=conn), old.series_pk)
+        return PutResult.REPLACED, old.path
 
     def delete(self, uid: str) -> list[str]:
         """Remove a study, series or instance (and parents left empty); return its files' paths."""
-        with self.sessions.begin() as s:
+        with self._writing() as s:
             level, row = _find_any(s, uid)
             if row is None:
                 return []
@@ -135,7 +123,7 @@ class Index:
     def drop_instances(self, paths: list[str]) -> int:
         """Drop the rows of instances whose files are gone (check --repair)."""
         n = 0
-        with self.sessions.begin() as s:
+        with self._writing() as s:
             for p in paths:
                 inst = s.scalar(select(Instance).where(Instance.path == p))
                 if inst is None:
@@ -187,6 +175,26 @@ class Index:
             for row in s.execute(select(Instance.path, Instance.sha256, Instance.SOPInstanceUID)
                                  .execution_options(yield_per=1000)):
                 yield row[0], row[1], row[2]
+
+
+PAT, STU, SER, INS = (m.__table__ for m in (Patient, Study, Series, Instance))
+
+
+def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime) -> int:
+    """The series row's id, creating it (and its study and patient) on first sight."""
+    sv, stv, pv = values["SERIES"], values["STUDY"], values["PATIENT"]
+    pk = conn.scalar(select(SER.c.id).where(SER.c.SeriesInstanceUID == sv["SeriesInstanceUID"]))
+    if pk is not None:
+        return pk
+    study_pk = conn.scalar(select(STU.c.id).where(STU.c.StudyInstanceUID == stv["StudyInstanceUID"]))
+    if study_pk is None:
+        ident = {"PatientID": pv.get("PatientID") or "", "IssuerOfPatientID": pv.get("IssuerOfPatientID") or ""}
+        patient_pk = conn.scalar(select(PAT.c.id).where(PAT.c.PatientID == ident["PatientID"],
+                                                        PAT.c.IssuerOfPatientID == ident["IssuerOfPatientID"]))
+        if patient_pk is None:
+            patient_pk = conn.execute(insert(PAT).values(**{**pv, **ident}, created_at=t)).inserted_primary_key[0]
+        study_pk = conn.execute(insert(STU).values(**stv, patient_pk=patient_pk, created_at=t)).inserted_primary_key[0]
+    return conn.execute(insert(SER).values(**sv, study_pk=study_pk, created_at=t)).inserted_primary_key[0]
 
 
 _PARENT = {"IMAGE": "SERIES", "SERIES": "STUDY", "STUDY": "PATIENT"}

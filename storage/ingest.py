@@ -110,10 +110,8 @@ class Ingester:
         values = index_values(header)
         sop_uid = values["IMAGE"]["SOPInstanceUID"]
 
-        existing = self.index.find_instance(sop_uid)
-        if existing is not None and self.duplicates is not DuplicatePolicy.OVERWRITE:
-            return self._duplicate(sop_uid, existing.path)
-
+        # Duplicates are found by the index write itself (no extra query on the
+        # common path); a duplicate's file, placed a moment early, is removed then.
         final = self.layout.object_path(values["STUDY"]["StudyInstanceUID"],
                                         values["SERIES"]["SeriesInstanceUID"], sop_uid, sink.sha256)
         try:
@@ -128,8 +126,8 @@ class Ingester:
             sink.kept()
             return Outcome(PROCESSING_FAILURE, f"index unavailable: {type(exc).__name__}", sop_uid, action="failed")
         sink.kept()
-        if result is PutResult.EXISTS:  # lost a race against a concurrent store of the same instance
-            if other != facts.path:
+        if result is PutResult.EXISTS:
+            if other != facts.path:  # identical content lands on the kept file's own name
                 durable.remove(final)
             return self._duplicate(sop_uid, other or "")
         if result is PutResult.REPLACED and other and other != facts.path:

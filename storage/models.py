@@ -11,6 +11,7 @@ Bookkeeping columns are snake_case.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
@@ -123,9 +124,21 @@ LEVELS: dict[str, type[Base]] = {
 }
 
 
-def dicom_keywords(model: type[Base]) -> list[str]:
+@cache
+def dicom_keywords(model: type[Base]) -> tuple[str, ...]:
     """The columns of a level that hold DICOM attributes, in table order."""
-    return [c.key for c in model.__table__.columns if is_dicom_keyword(c.key)]
+    return tuple(c.key for c in model.__table__.columns if is_dicom_keyword(c.key))
+
+
+@cache
+def dicom_tags(model: type[Base]) -> tuple[tuple[str, int], ...]:
+    """(keyword, tag) of a level's DICOM columns: tags avoid a keyword lookup per element read."""
+    return tuple((kw, tag_for_keyword(kw)) for kw in dicom_keywords(model))  # type: ignore[misc]
+
+
+@cache
+def integer_columns(model: type[Base]) -> frozenset[str]:
+    return frozenset(c.key for c in model.__table__.columns if c.type.python_type is int)
 
 
 def is_dicom_keyword(name: str) -> bool:
