@@ -97,11 +97,12 @@ def start_node(work: Path, concurrent: bool = True) -> Server:
 
 
 def start_storescp(work: Path, concurrent: bool = True) -> Server:
-    """--fork serves associations at once; without it, the one process we measure RSS of does the work."""
+    """+B writes data sets straight to disk (bit-preserving, as the node does); --fork serves
+    associations at once, and without it the one process we measure RSS of does the work."""
     out = work / "storescp"
     out.mkdir(parents=True)
     port = free_port()
-    proc = subprocess.Popen(["storescp", *(["--fork"] if concurrent else []), "-aet", "STORESCP", "-od", str(out), str(port)],
+    proc = subprocess.Popen(["storescp", "+B", *(["--fork"] if concurrent else []), "-aet", "STORESCP", "-od", str(out), str(port)],
                             env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
