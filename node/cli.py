@@ -357,6 +357,93 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
     raise typer.Exit(EXIT_FAIL if still_bad else EXIT_OK)
 
 
+@app.command()
+def analyze(targets: Annotated[list[str], typer.Argument(help="files, folders (recursive) or archive UIDs")],
+            out_dir: Annotated[Optional[Path], typer.Option("-o", "--output", help="write <name>_analysis.json "
+                                                           "per file and series_analysis.json here")] = None,
+            force: Annotated[bool, typer.Option("--force", help="read files without preamble or meta")] = False,
+            config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Pixel-data analysis report: offsets, frame sizes, and what does not add up. Exit 1 on error findings."""
+    from node.analyze import analyze_file, summary
+    from node.scu import iter_files
+
+    files = _resolve_targets(targets, config, storage, db, iter_files)
+    reports = []
+    with _progress() as bar:
+        task = bar.add_task("analysing", total=len(files))
+        for f in files:
+            try:
+                r = analyze_file(f, force=force)
+            except OSError as exc:
+                r = {"file_info": {"filename": f.name, "filepath": str(f)},
+                     "findings": [{"code": "UNREADABLE_FILE", "severity": "error", "message": str(exc)}]}
+            reports.append(r)
+            bar.advance(task)
+    if out_dir is not None:
+        _write_reports(out_dir, reports)
+    if json_out:
+        _emit_json(reports)
+    else:
+        t = Table(title=f"{len(reports)} file(s) analysed")
+        for col in ("file", "transfer syntax", "frames", "pixel bytes", "expected", "findings"):
+            t.add_column(col, overflow="fold")
+        for r in reports:
+            sm = summary(r)
+            t.add_row(r["file_info"]["filename"], str((r.get("dicom_identifiers") or {}).get("TransferSyntaxName")),
+                      str(sm["frame_count"]), str(sm["actual_size"]), str(sm["expected_size"]),
+                      ", ".join(sm["codes"]) or "[green]none[/]")
+        out.print(t)
+    errors = sum(summary(r)["errors"] for r in reports)
+    raise typer.Exit(EXIT_FAIL if errors else EXIT_OK)
+
+
+def _resolve_targets(targets: list[str], config: Path | None, storage: Path | None, db: str | None,
+                     iter_files: Any) -> list[Path]:
+    """Paths as they are; anything else is looked up as a study, series or instance UID in the archive."""
+    paths: list[Path] = []
+    index = layout = None
+    for t in targets:
+        p = Path(t)
+        if p.exists():
+            paths.extend(iter_files([p]))
+            continue
+        if index is None:
+            layout, index = _archive(_settings(config, storage=storage, db=db))
+        level, _row = index.find_any(t)
+        if level is None:
+            err.print(f"[red]{t}: no such file, and not a UID in the archive[/]")
+            raise typer.Exit(EXIT_USAGE)
+        key = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
+        paths.extend(layout.absolute(r["path"]) for r in index.list_level("IMAGE", {key: t}))
+    return paths
+
+
+def _write_reports(out_dir: Path, reports: list[dict[str, Any]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series: dict[str, dict[str, Any]] = {}
+    used: set[str] = set()
+    from node.analyze import summary
+
+    for r in reports:
+        stem = Path(r["file_info"]["filename"]).stem
+        name, n = f"{stem}_analysis.json", 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}_analysis.json"
+        used.add(name)
+        (out_dir / name).write_text(json.dumps(r, indent=2, default=str))
+        uid = (r.get("dicom_identifiers") or {}).get("SeriesInstanceUID") or "unknown"
+        s = series.setdefault(uid, {"instances": [], "frames": 0, "errors": 0, "warnings": 0, "codes": []})
+        sm = summary(r)
+        s["instances"].append({"report": name, "SOPInstanceUID": (r.get("dicom_identifiers") or {}).get("SOPInstanceUID"),
+                               "frames": sm["frame_count"], "codes": sm["codes"]})
+        s["frames"] += sm["frame_count"] or 0
+        s["errors"] += sm["errors"]
+        s["warnings"] += sm["warnings"]
+        s["codes"] = sorted(set(s["codes"]) | set(sm["codes"]))
+    (out_dir / "series_analysis.json").write_text(json.dumps({"series": series}, indent=2))
+
+
 def main() -> None:
     app()
 

@@ -69,8 +69,11 @@ def write_ct_series(folder: Path, n: int, patient_id: str = "P1", rows: int = 51
 
 
 def write_multiframe(path: Path, frames: int = 1000, rows: int = 724, cols: int = 724,
-                     random: bool = True) -> Path:
-    """A large multi-frame object written frame by frame (about 1 GB at the defaults)."""
+                     random: bool = True, sparse: bool = False) -> Path:
+    """A large multi-frame object written frame by frame (about 1 GB at the defaults).
+
+    sparse: the pixel bytes are a hole in the file (zeros when read), made at once.
+    """
     ds = Dataset()
     sop_uid = generate_uid()
     ds.file_meta = _meta(MF_CLASS, sop_uid)
@@ -93,6 +96,9 @@ def write_multiframe(path: Path, frames: int = 1000, rows: int = 724, cols: int 
     rng = np.random.default_rng(1)
     with open(path, "ab") as f:
         f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, total))
+        if sparse:
+            f.truncate(f.tell() + total)
+            return path
         zeros = bytes(frame_bytes)
         for _ in range(frames):
             f.write(rng.integers(0, 65535, size=rows * cols, dtype=np.uint16).tobytes() if random else zeros)
