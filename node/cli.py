@@ -167,7 +167,8 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (
 
     s = _settings(config, storage=storage, db=db)
     layout, index = _archive(s)
-    ing = Ingester(layout, index, DuplicatePolicy(s.duplicate_policy), s.min_free_mb * 1024 * 1024)
+    ing = Ingester(layout, index, DuplicatePolicy(s.duplicate_policy), s.min_free_mb * 1024 * 1024,
+                   plan=s.actions_for)
     files = list(iter_files(paths))
     rows = []
     with _progress() as bar:
@@ -208,7 +209,7 @@ LS_COLUMNS = {
     "SERIES": ["PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
                "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
     "IMAGE": ["PatientID", "Modality", "InstanceNumber", "SOPClassUID", "TransferSyntaxUID", "Rows", "Columns",
-              "NumberOfFrames", "SOPInstanceUID"],
+              "NumberOfFrames", "SOPInstanceUID", "finding_codes"],
 }
 
 
@@ -216,6 +217,7 @@ LS_COLUMNS = {
 def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | instances")],
        filters: Annotated[Optional[list[str]], typer.Option("-k", help="Key=Value filter (* and ? wildcards)")] = None,
        limit: Annotated[Optional[int], typer.Option("--limit", help="at most this many rows")] = None,
+       problems: Annotated[bool, typer.Option("--problems", help="instances whose analysis has findings")] = False,
        config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """List what the archive holds at one level."""
     lv = LEVEL_NAMES.get(level.lower())
@@ -226,7 +228,7 @@ def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | 
     s = _settings(config, storage=storage, db=db)
     _layout, index = _archive(s)
     try:
-        rows = list(index.list_level(lv, keys, limit))
+        rows = list(index.list_level(lv, keys, limit, problems=problems))
     except KeyError as exc:
         err.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(EXIT_USAGE) from None
@@ -269,7 +271,11 @@ def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance 
         raise typer.Exit(EXIT_FAIL)
     header_text = ""
     if level == "IMAGE":
+        from node.pipeline import report_path
+
         row["path"] = str(layout.absolute(row["path"]))
+        rp = report_path(Path(row["path"]))
+        row["analysis_report"] = str(rp) if rp.exists() else None
         try:
             header = read_header(Path(row["path"]))
             header_text = str(header.meta) + "\n" + str(header.ds)
@@ -311,6 +317,7 @@ def stats(config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None
 def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
            config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Remove a study, series or instance: index rows first, then its files."""
+    from node.pipeline import report_path
     from storage import durable
 
     s = _settings(config, storage=storage, db=db)
@@ -320,6 +327,8 @@ def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instanc
         err.print(f"[red]{uid} is not in the archive[/]")
         raise typer.Exit(EXIT_FAIL)
     removed = sum(durable.remove(layout.absolute(p)) for p in paths)
+    for p in paths:  # derived files go with their object
+        durable.remove(report_path(layout.absolute(p)))
     if json_out:
         _emit_json({"uid": uid, "instances_deleted": len(paths), "files_removed": removed})
     else:
@@ -355,6 +364,58 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
             out.print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
     still_bad = report.mismatched or report.unrepairable or (not repair and not report.consistent)
     raise typer.Exit(EXIT_FAIL if still_bad else EXIT_OK)
+
+
+jobs_app = typer.Typer(help="The on-arrival job queue: list, retry.", no_args_is_help=False)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.callback(invoke_without_command=True)
+def jobs(ctx: typer.Context,
+         state: Annotated[Optional[str], typer.Option("--state", help="pending | running | failed | done")] = None,
+         limit: Annotated[int, typer.Option("--limit", help="newest N jobs")] = 1000,
+         config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """List jobs, newest first, with the queue depth."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from storage.jobs import JobQueue
+
+    if state is not None and state not in ("pending", "running", "failed", "done"):
+        err.print(f"[red]--state {state!r}:[/] pending, running, failed or done")
+        raise typer.Exit(EXIT_USAGE)
+    _layout, index = _archive(_settings(config, storage=storage, db=db))
+    q = JobQueue(index)
+    rows, depth = q.list(state, limit), q.depth()
+    if json_out:
+        _emit_json({"depth": depth, "jobs": rows})
+        return
+    t = Table(title="jobs: " + ", ".join(f"{v} {k}" for k, v in depth.items()))
+    for col in ("id", "action", "state", "attempts", "SOPInstanceUID", "updated", "last error"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        style = {"failed": "red", "done": "green", "running": "yellow"}.get(r["state"], "")
+        t.add_row(str(r["id"]), r["action"], f"[{style}]{r['state']}[/]" if style else r["state"], str(r["attempts"]),
+                  r["sop_instance_uid"], r["updated_at"], r["last_error"] or "")
+    out.print(t)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: Annotated[Optional[int], typer.Argument(help="job id")] = None,
+               all_failed: Annotated[bool, typer.Option("--all-failed", help="every failed job")] = False,
+               config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Queue a failed (or done) job again, or every failed job."""
+    from storage.jobs import JobQueue
+
+    if (job_id is None) == (not all_failed):
+        err.print("[red]give a job id or --all-failed[/]")
+        raise typer.Exit(EXIT_USAGE)
+    _layout, index = _archive(_settings(config, storage=storage, db=db))
+    n = JobQueue(index).retry(job_id, all_failed)
+    if json_out:
+        _emit_json({"requeued": n})
+    else:
+        out.print(f"{n} job(s) queued again")
+    raise typer.Exit(EXIT_OK if n or all_failed else EXIT_FAIL)
 
 
 @app.command()

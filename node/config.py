@@ -25,6 +25,33 @@ def _setting(section: str, default: Any, help: str) -> Any:
     return field(default_factory=lambda: default, metadata={"section": section, "help": help})
 
 
+ACTIONS = ("analyze",)  # plus forward:NAME; later issues add convert and anonymize
+SERVICES = ("store", "find", "move", "get")
+
+
+@dataclass(frozen=True)
+class Remote:
+    name: str
+    aet: str
+    host: str
+    port: int
+    services: tuple[str, ...] = SERVICES
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Actions for the instances whose calling AE, modality and SOP class match (empty = any)."""
+
+    actions: tuple[str, ...]
+    calling_aet: tuple[str, ...] = ()
+    modality: tuple[str, ...] = ()
+    sop_class: tuple[str, ...] = ()
+
+    def matches(self, calling_aet: str | None, modality: str | None, sop_class: str | None) -> bool:
+        return all(not want or (have or "") in want for want, have in (
+            (self.calling_aet, calling_aet), (self.modality, modality), (self.sop_class, sop_class)))
+
+
 @dataclass
 class Settings:
     aet: str = _setting("node", "DICOMNODE", "this node's AE title")
@@ -43,6 +70,12 @@ class Settings:
     require_called_aet: bool = _setting("security", True, "reject associations not addressed to our AE title")
     allowed_calling: list[str] = _setting("security", [], "calling AE titles allowed in; empty = anyone")
     log_level: str = _setting("logging", "INFO", "DEBUG | INFO | WARNING | ERROR")
+    workers: int = _setting("pipeline", 2, "worker threads running on-arrival jobs (0 = none)")
+    max_attempts: int = _setting("pipeline", 10, "attempts before a job stays failed")
+    retry_base_seconds: float = _setting("pipeline", 2.0, "first retry delay; doubles per attempt, at most 300 s")
+    default_actions: list[str] = _setting("pipeline", ["analyze"], "actions for every instance when no rule is set")
+    rules: list["Rule"] = field(default_factory=list, metadata={"section": "pipeline", "help": "[[pipeline.rules]]"})
+    remotes: dict[str, "Remote"] = field(default_factory=dict, metadata={"section": "remotes", "help": "[remotes.NAME]"})
 
     @property
     def storage_path(self) -> Path:
@@ -51,6 +84,16 @@ class Settings:
     @property
     def db_url(self) -> str | None:
         return self.db or None
+
+    def actions_for(self, calling_aet: str | None, modality: str | None, sop_class: str | None) -> list[str]:
+        """The on-arrival actions of one instance: every matching rule's, in order, once each."""
+        if not self.rules:
+            return list(self.default_actions)
+        out: list[str] = []
+        for rule in self.rules:
+            if rule.matches(calling_aet, modality, sop_class):
+                out.extend(a for a in rule.actions if a not in out)
+        return out
 
 
 def load(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -63,7 +106,10 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings()
     for f in fields(Settings):
-        if f.name in values:
+        if f.name in ("rules", "remotes"):
+            if f.name in values:
+                setattr(settings, f.name, values[f.name])
+        elif f.name in values:
             setattr(settings, f.name, _coerce(f.name, f.type, values[f.name]))
     _validate(settings)
     return settings
@@ -81,12 +127,40 @@ def _from_toml(path: Path) -> dict[str, Any]:
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        if section == "remotes":
+            out["remotes"] = {name: _remote(path, name, t) for name, t in table.items()}
+            continue
         for key, value in table.items():
-            if known.get(key) == section:
+            if section == "pipeline" and key == "rules":
+                out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
+            elif known.get(key) == section:
                 out[key] = value
-            elif section in {"node", "network", "storage", "security", "logging"}:
+            elif section in {"node", "network", "storage", "security", "logging", "pipeline"}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
+
+
+def _strings(v: Any) -> tuple[str, ...]:
+    return (v,) if isinstance(v, str) else tuple(str(x) for x in v)
+
+
+def _rule(path: Path, i: int, r: Any) -> Rule:
+    if not isinstance(r, dict) or "actions" not in r:
+        raise ConfigError(f"{path}: [[pipeline.rules]] #{i + 1} needs actions = [...]")
+    match = r.get("match", {})
+    unknown = set(match) - {"calling_aet", "modality", "sop_class"}
+    if unknown:
+        raise ConfigError(f"{path}: rule #{i + 1} matches on unknown keys {sorted(unknown)} "
+                          "(calling_aet, modality, sop_class)")
+    return Rule(_strings(r["actions"]), *(_strings(match.get(k, ())) for k in ("calling_aet", "modality", "sop_class")))
+
+
+def _remote(path: Path, name: str, t: Any) -> Remote:
+    try:
+        services = _strings(t.get("services", SERVICES))
+        return Remote(name, str(t["aet"]), str(t["host"]), int(t["port"]), services)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConfigError(f"{path}: [remotes.{name}] needs aet, host and port") from None
 
 
 def _from_env() -> dict[str, Any]:
@@ -114,7 +188,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if kind == "float":
             return float(value)
         if kind.startswith("list"):
-            if isinstance(value, str):
+            if isinstance(value, str):  # from the environment: comma-separated
                 return [v.strip() for v in value.split(",") if v.strip()]
             return [str(v) for v in value]
         return str(value)
@@ -132,3 +206,13 @@ def _validate(s: Settings) -> None:
     for title in s.allowed_calling:
         if not 1 <= len(title) <= 16:
             raise ConfigError(f"allowed_calling: {title!r} is not an AE title")
+    for actions in [s.default_actions, *(r.actions for r in s.rules)]:
+        for a in actions:
+            kind, _, target = a.partition(":")
+            if kind == "forward":
+                if target not in s.remotes:
+                    raise ConfigError(f"action {a!r}: no [remotes.{target}] configured")
+                if "store" not in s.remotes[target].services:
+                    raise ConfigError(f"action {a!r}: remote {target} is not allowed the store service")
+            elif a not in ACTIONS:
+                raise ConfigError(f"unknown action {a!r}: {', '.join(ACTIONS)} or forward:NAME")

@@ -9,11 +9,14 @@ import threading
 import time
 
 from node.config import Settings
+from node.pipeline import WorkerProcess
 from node.scp import StorageSCP
+from storage.jobs import JobQueue
 from storage.archive import open_archive
 from storage.ingest import DuplicatePolicy, Ingester
 
 log = logging.getLogger("dicomnode")
+QUEUE_LOG_SECONDS = 5.0
 
 
 def setup_logging(level: str) -> None:
@@ -28,7 +31,14 @@ def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
     layout, index = open_archive(settings.storage_path, settings.db_url)
     ingester = Ingester(layout, index, DuplicatePolicy(settings.duplicate_policy),
-                        settings.min_free_mb * 1024 * 1024)
+                        settings.min_free_mb * 1024 * 1024, plan=settings.actions_for)
+    queue = JobQueue(index)
+    requeued = queue.requeue_running()
+    if requeued:
+        log.warning("%d job(s) were running when the node last stopped: queued again", requeued)
+    workers = WorkerProcess(settings) if settings.workers > 0 else None
+    if workers:
+        workers.start()
     scp = StorageSCP(settings, ingester)
     ae = scp.build_ae()
     stop = threading.Event()
@@ -40,8 +50,13 @@ def serve(settings: Settings) -> int:
     print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
     log.info("archive %s, index %s, duplicates: %s", layout.root,
              settings.db_url or "sqlite (in archive)", settings.duplicate_policy)
-    while not stop.wait(1.0):
-        pass
+    last_depth: dict[str, int] = {}
+    while not stop.wait(QUEUE_LOG_SECONDS):
+        depth = queue.depth()
+        if {k: depth[k] for k in ("pending", "running", "failed")} != last_depth:
+            last_depth = {k: depth[k] for k in ("pending", "running", "failed")}
+            log.info("queue: %d pending, %d running, %d failed, %d done", depth["pending"], depth["running"],
+                     depth["failed"], depth["done"])
 
     log.info("stopping: no new associations; waiting up to %.0f s for %d open",
              settings.shutdown_grace, len(ae.active_associations))
@@ -52,5 +67,7 @@ def serve(settings: Settings) -> int:
     scp.in_flight.wait_idle(timeout=max(settings.dimse_timeout, 5.0))
     for assoc in ae.active_associations:
         assoc.abort()
+    if workers:
+        workers.stop()
     log.info("stopped")
     return 0

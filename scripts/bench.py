@@ -83,9 +83,10 @@ class Server:
                 self.proc.wait()
 
 
-def start_node(work: Path, concurrent: bool = True) -> Server:
+def start_node(work: Path, concurrent: bool = True, actions: str = "analyze") -> Server:
     storage = work / "node"
-    env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
+           "DICOMNODE_DEFAULT_ACTIONS": actions}
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--storage", str(storage), "--host",
                              "127.0.0.1", "--port", "0", "--aet", "DICOMNODE"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -93,7 +94,7 @@ def start_node(work: Path, concurrent: bool = True) -> Server:
     m = re.search(r":(\d+) as", line)
     if not m:
         raise RuntimeError(f"node did not start: {line!r}")
-    return Server("dicomnode", proc, int(m.group(1)), "DICOMNODE", storage)
+    return Server("dicomnode" if actions else "dicomnode, no jobs", proc, int(m.group(1)), "DICOMNODE", storage)
 
 
 def start_storescp(work: Path, concurrent: bool = True) -> Server:
@@ -149,26 +150,48 @@ def make_workload(work: Path) -> list[Path]:
     return folders
 
 
+def queue_drained_after(srv: Server, since: float, timeout: float = 300) -> float | None:
+    """Seconds from `since` until the node's job queue is empty (None for other servers)."""
+    db = srv.storage / "index.sqlite"
+    if srv.name != "dicomnode" or not db.exists():
+        return None
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as c:
+            left = c.execute("SELECT count(*) FROM jobs WHERE state IN ('pending', 'running')").fetchone()[0]
+        if left == 0:
+            return time.perf_counter() - since
+        time.sleep(0.1)
+    return None
+
+
 def run_target(name: str, start: Callable[..., Server], work: Path, folders: list[Path],
                big: Path | None) -> dict[str, float]:
     res: dict[str, float] = {}
+    slug = re.sub(r"[^a-z0-9]+", "-", name)
     for label, groups in (("500 images, 1 association", [folders]),
                           ("500 images, 4 associations", [folders[0:3], folders[3:5], folders[5:8], folders[8:10]])):
-        d = work / f"{name}-{len(groups)}"
+        d = work / f"{slug}-{len(groups)}"
         srv = start(d)
         try:
+            t0 = time.perf_counter()
             res[label] = timed_send(srv, groups)
+            drained = queue_drained_after(srv, t0)
+            if drained is not None and len(groups) == 1:
+                res["500 images analysed, s after first byte"] = drained
         finally:
             srv.stop()
     if big is not None:
-        d = work / f"{name}-big"
+        d = work / f"{slug}-big"
         srv = start(d, False)
         try:
             res["1 GB object, s"] = timed_send(srv, [[big]])
             res["1 GB object, peak RSS MB"] = peak_rss_mb(srv.proc.pid)
         finally:
             srv.stop()
-    shutil.rmtree(work / f"{name}-1", ignore_errors=True)
+    shutil.rmtree(work / f"{slug}-1", ignore_errors=True)
     return res
 
 
@@ -186,8 +209,12 @@ def main() -> int:
         folders = make_workload(work)
         big = None if args.no_big else write_multiframe(work / "big.dcm", random=False)
         results: dict[str, dict[str, float]] = {}
+        from functools import partial
+
         targets: list[tuple[str, Callable[..., Server], bool]] = [
-            ("dicomnode", start_node, True), ("storescp", start_storescp, True)]
+            ("dicomnode", start_node, True),
+            ("dicomnode, no jobs", partial(start_node, actions=""), False),
+            ("storescp", start_storescp, True)]
         if shutil.which("Orthanc"):
             targets.append(("orthanc", start_orthanc, args.orthanc_big))
         for name, start, with_big in targets:
@@ -207,7 +234,8 @@ def report(results: dict[str, dict[str, float]]) -> None:
     from rich.table import Table
 
     metrics = list(dict.fromkeys(k for r in results.values() for k in r))
-    t = Table(title="ingest (seconds unless stated; ratio = dicomnode / other)")
+    t = Table(title="ingest (seconds unless stated; ratio = dicomnode / other); "
+                    "dicomnode analyses every image on arrival, 'no jobs' does not")
     t.add_column("metric")
     for name in results:
         t.add_column(name, justify="right")

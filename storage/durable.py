@@ -51,6 +51,23 @@ def place(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def write_file(tmp_dir: Path, final: Path, data: bytes) -> None:
+    """Replace `final` with `data` atomically and durably (a reader sees the old or the new file)."""
+    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=TMP_SUFFIX, dir=tmp_dir)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        place(Path(name), final)
+    except BaseException:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+        raise
+
+
 def remove(path: Path) -> bool:
     """Remove a file and persist the removal; False when it was already gone."""
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Any, Iterator
 
@@ -18,13 +18,10 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.models import LEVELS, Base, Instance, Patient, Series, Study, dicom_keywords
+from storage.jobs import enqueue
+from storage.models import LEVELS, Base, Instance, Patient, Series, Study, dicom_keywords, now
 
 WRITE_RETRIES = 5
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 @dataclass
@@ -56,10 +53,15 @@ class Index:
         with self._write_lock, self.sessions.begin() as s:
             yield s
 
+    @contextmanager
+    def writing_connection(self) -> Iterator[Connection]:
+        with self._write_lock, self.sessions.kw["bind"].begin() as conn:
+            yield conn
+
     # -- writes -----------------------------------------------------------
 
-    def put_instance(self, values: dict[str, dict[str, Any]], facts: FileFacts,
-                     overwrite: bool = False) -> tuple[PutResult, str | None]:
+    def put_instance(self, values: dict[str, dict[str, Any]], facts: FileFacts, overwrite: bool = False,
+                     actions: list[str] | None = None) -> tuple[PutResult, str | None]:
         """Insert the object's rows, or (overwrite) repoint an existing instance row.
 
         Returns what happened and the path the instance row points (EXISTS) or
@@ -67,11 +69,13 @@ class Index:
         this commit, so a crash in between leaves an orphan, never a row
         without its file.
         """
-        engine = self.sessions.kw["bind"]
         for attempt in range(WRITE_RETRIES):
             try:
-                with self._write_lock, engine.begin() as conn:
-                    return self._put(conn, values, facts, overwrite)
+                with self.writing_connection() as conn:
+                    result = self._put(conn, values, facts, overwrite)
+                    if result[0] is not PutResult.EXISTS:
+                        enqueue(conn, values["IMAGE"]["SOPInstanceUID"], actions or [], now())
+                    return result
             except IntegrityError:
                 if attempt == WRITE_RETRIES - 1:
                     raise
@@ -145,10 +149,13 @@ class Index:
                 return None, None
             return level, flatten(s, level, row)
 
-    def list_level(self, level: str, filters: dict[str, str], limit: int | None = None) -> Iterator[dict[str, Any]]:
+    def list_level(self, level: str, filters: dict[str, str], limit: int | None = None,
+                   problems: bool = False) -> Iterator[dict[str, Any]]:
         model = LEVELS[level]
         with self.sessions() as s:
             q = _joined(level)
+            if problems:
+                q = q.where((Instance.finding_errors > 0) | (Instance.finding_warnings > 0))
             for key, value in filters.items():
                 col = _column(key)
                 q = q.where(col.like(value.replace("*", "%").replace("?", "_")) if ("*" in value or "?" in value)
@@ -233,7 +240,9 @@ def flatten(s: Session, level: str, row: Base) -> dict[str, Any]:
     if isinstance(row, Instance):
         out.update(path=row.path, file_size=row.file_size, sha256=row.sha256,
                    received_at=row.received_at.isoformat() + "Z", calling_aet=row.calling_aet,
-                   peer_address=row.peer_address)
+                   peer_address=row.peer_address, pixel_data_offset=row.pixel_data_offset,
+                   pixel_data_size=row.pixel_data_size, finding_errors=row.finding_errors,
+                   finding_warnings=row.finding_warnings, finding_codes=row.finding_codes)
     elif isinstance(row, Series):
         out["NumberOfSeriesRelatedInstances"] = s.scalar(
             select(func.count(Instance.id)).where(Instance.series_pk == row.id))

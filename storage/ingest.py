@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
@@ -62,11 +62,16 @@ class Outcome:
         return self.status == SUCCESS
 
 
+# (calling AE, Modality, SOP Class UID) -> the on-arrival actions queued with the instance
+Plan = Callable[[str | None, str | None, str | None], list[str]]
+
+
 class Ingester:
     def __init__(self, layout: Layout, index: Index, duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
-                 min_free_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, plan: Plan | None = None) -> None:
         self.layout = layout
         self.index = index
+        self.plan = plan
         self.duplicates = DuplicatePolicy(duplicates)
         self.min_free_bytes = min_free_bytes
 
@@ -119,8 +124,11 @@ class Ingester:
         except OSError as exc:
             return _resource_failure(exc)
         facts = FileFacts(self.layout.relative(final), sink.size, sink.sha256, calling_aet, peer)
+        actions = self.plan(calling_aet, values["SERIES"].get("Modality"), values["IMAGE"]["SOPClassUID"]) \
+            if self.plan else []
         try:
-            result, other = self.index.put_instance(values, facts, overwrite=self.duplicates is DuplicatePolicy.OVERWRITE)
+            result, other = self.index.put_instance(values, facts, self.duplicates is DuplicatePolicy.OVERWRITE,
+                                                    actions)
         except SQLAlchemyError as exc:
             durable.remove(final)
             sink.kept()

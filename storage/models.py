@@ -10,7 +10,7 @@ Bookkeeping columns are snake_case.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import cache
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -20,6 +20,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 class Base(DeclarativeBase):
     pass
+
+
+def now() -> datetime:
+    """Naive UTC, as stored in the index."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 Str = String()
@@ -112,8 +117,31 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     calling_aet: Mapped[str | None] = mapped_column(Str)
     peer_address: Mapped[str | None] = mapped_column(Str)
+    # key figures of the analysis report (the report itself lies beside the file)
+    analyzed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    pixel_data_offset: Mapped[int | None] = mapped_column(BigInteger)
+    pixel_data_size: Mapped[int | None] = mapped_column(BigInteger)
+    finding_errors: Mapped[int | None] = mapped_column(Integer)
+    finding_warnings: Mapped[int | None] = mapped_column(Integer)
+    finding_codes: Mapped[str | None] = mapped_column(Str)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One on-arrival action for one instance; written in the instance's own transaction."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(Str, index=True)
+    action: Mapped[str] = mapped_column(Str)
+    state: Mapped[str] = mapped_column(Str, default="pending")  # pending | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Str)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),)
 
 
 LEVELS: dict[str, type[Base]] = {

@@ -1,0 +1,166 @@
+"""On-arrival work: a worker process that runs the queued jobs of each instance.
+
+The workers run in a child process of `dicomnode serve`, not in its threads:
+analysis is CPU work in Python, and in the receiving process it would hold
+the GIL the C-STORE path needs, slowing the sender. The queue is in the
+index database, so the child needs nothing from the parent but the settings.
+
+Actions, each idempotent (running one twice leaves the same result):
+    analyze         the pixel-data report beside the file (<file>.analysis.json)
+                    and its key figures in the instance row
+    forward:NAME    C-STORE the instance to [remotes.NAME]
+Later issues add convert and anonymize: a function in ACTIONS and a name in
+node.config.ACTIONS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from node.analyze import analyze_file, summary
+from node.config import Settings
+from node.peers import Peer
+from storage import durable
+from storage.archive import Layout, open_archive
+from storage.index import Index
+from storage.jobs import ClaimedJob, JobQueue
+
+log = logging.getLogger("dicomnode.pipeline")
+REPORT_SUFFIX = ".analysis.json"
+IDLE_POLL_SECONDS = 0.25
+
+
+class PermanentError(Exception):
+    """A job that cannot succeed by retrying (unknown action)."""
+
+
+def report_path(dcm: Path) -> Path:
+    return dcm.with_name(dcm.name + REPORT_SUFFIX)
+
+
+class Worker:
+    def __init__(self, settings: Settings, layout: Layout, index: Index) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.index = index
+        self.queue = JobQueue(index)
+
+    def run_job(self, job: ClaimedJob) -> None:
+        level, row = self.index.find_any(job.sop_instance_uid)
+        if level != "IMAGE" or row is None:
+            log.info("job %d %s: instance %s is no longer in the archive", job.id, job.action, job.sop_instance_uid)
+            return
+        path = self.layout.absolute(row["path"])
+        kind, _, target = job.action.partition(":")
+        action = ACTIONS.get(kind)
+        if action is None:
+            raise PermanentError(f"unknown action {job.action!r}")
+        action(self, path, target, job)
+
+    def analyze(self, path: Path, _target: str, job: ClaimedJob) -> None:
+        report = analyze_file(path)
+        durable.write_file(self.layout.tmp, report_path(path), json.dumps(report, indent=1).encode())
+        self.queue.record_analysis(job.sop_instance_uid, summary(report))
+
+    def forward(self, path: Path, target: str, _job: ClaimedJob) -> None:
+        from node.scu import AssociationFailed, Timeouts, send
+
+        remote = self.settings.remotes.get(target)
+        if remote is None:
+            raise PermanentError(f"no [remotes.{target}] configured")
+        s = self.settings
+        try:
+            rep = send(Peer(remote.aet, remote.host, remote.port), [path], s.aet,
+                       Timeouts(s.acse_timeout, s.dimse_timeout, s.network_timeout))
+        except AssociationFailed as exc:
+            raise RuntimeError(str(exc)) from None
+        item = rep.items[0]
+        if item.state == "failed":
+            code = "no response" if item.status is None else f"0x{item.status:04X}"
+            raise RuntimeError(f"{remote.aet} answered {code}: {item.comment}")
+
+    def step(self) -> bool:
+        """Claim and run one job; False when there was nothing to do."""
+        job = self.queue.claim()
+        if job is None:
+            return False
+        t0 = time.perf_counter()
+        try:
+            self.run_job(job)
+        except PermanentError as exc:
+            self.queue.failed(job, str(exc), max_attempts=0, base_delay=0)
+            log.warning("job %d %s %s failed for good: %s", job.id, job.action, job.sop_instance_uid, exc)
+        except Exception as exc:  # an action's failure is the job's, never the worker's
+            state = self.queue.failed(job, f"{type(exc).__name__}: {exc}", self.settings.max_attempts,
+                                      self.settings.retry_base_seconds)
+            log.warning("job %d %s %s attempt %d failed (%s): %s", job.id, job.action, job.sop_instance_uid,
+                        job.attempts, "giving up" if state == "failed" else "will retry", exc)
+        else:
+            self.queue.done(job)
+            log.info("job %d %s %s done in %.1f ms", job.id, job.action, job.sop_instance_uid,
+                     (time.perf_counter() - t0) * 1000)
+        return True
+
+    def loop(self, stop: Callable[[], bool]) -> None:
+        while not stop():
+            try:
+                busy = self.step()
+            except Exception:  # the database went away for a moment: wait, do not die
+                log.exception("job queue unavailable")
+                busy = False
+            if not busy:
+                time.sleep(IDLE_POLL_SECONDS)
+
+
+ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], None]] = {
+    "analyze": Worker.analyze,
+    "forward": Worker.forward,
+}
+
+
+def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchronize.Event") -> None:
+    """Entry point of the worker process: `settings.workers` threads until told to stop."""
+    from node.serve import setup_logging
+
+    setup_logging(settings.log_level)
+    parent = os.getppid()
+    layout, index = open_archive(settings.storage_path, settings.db_url)
+    worker = Worker(settings, layout, index)
+
+    def stop() -> bool:  # also stop when the node died without telling us (kill -9)
+        return stop_event.is_set() or os.getppid() != parent
+
+    threads = [threading.Thread(target=worker.loop, args=(stop,), name=f"worker-{i}", daemon=True)
+               for i in range(settings.workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+class WorkerProcess:
+    """The parent's handle on the worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=worker_process_main, args=(settings, self._stop), name="dicomnode-workers",
+                                 daemon=False)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def stop(self, timeout: float = 60) -> None:
+        """Let running jobs finish (a job cut short would simply run again at the next start)."""
+        self._stop.set()
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)

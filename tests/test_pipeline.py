@@ -1,0 +1,173 @@
+"""On-arrival jobs: analysed on arrival, durable across kill -9, retried, forwarded when the peer is back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+
+from conftest import cli, free_port, need, storescu
+from datagen import write_ct_series
+from node import config as cfg
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 60, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting: {message}")
+
+
+def jobs(node, state: str | None = None) -> list[dict]:
+    args = ["jobs", "--json"] + (["--state", state] if state else [])
+    return json.loads(node.cli(*args).stdout)["jobs"]
+
+
+def depth(node) -> dict[str, int]:
+    return json.loads(node.cli("jobs", "--json").stdout)["depth"]
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_every_instance_is_analysed_on_arrival(node, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "ok", n=5, rows=32, cols=32)
+    assert storescu(node, *files).returncode == 0
+    bad = dcmread(write_ct_series(tmp_path / "bad", n=1, rows=32, cols=32)[0])
+    bad.NumberOfFrames = 4  # one frame of data for four declared
+    bad_path = tmp_path / "bad.dcm"
+    bad.save_as(bad_path)
+    node.cli("import", str(bad_path))  # the CLI ingests; the running node's workers pick the job up
+    wait_for(lambda: depth(node)["done"] == 6, message="6 analyses")
+    rows = {r["SOPInstanceUID"]: r for r in json.loads(node.cli("ls", "instances", "--json").stdout)}
+    for uid, r in rows.items():
+        report = json.loads(Path(r["path"] + ".analysis.json").read_text())
+        assert report["dicom_identifiers"]["SOPInstanceUID"] == uid
+        assert r["pixel_data_offset"] == report["pixel_data_info"]["pixel_data_offset"]
+    problems = json.loads(node.cli("ls", "instances", "--problems", "--json").stdout)
+    assert [p["SOPInstanceUID"] for p in problems] == [bad.SOPInstanceUID]
+    assert "PIXEL_DATA_SHORT" in problems[0]["finding_codes"]
+    show = json.loads(node.cli("show", bad.SOPInstanceUID, "--json").stdout)
+    assert Path(show["analysis_report"]).is_file()
+    assert "queue:" in node.log()
+
+
+def test_jobs_survive_kill9(make_node, tmp_path: Path) -> None:
+    node = make_node(env={"DICOMNODE_WORKERS": "0"})  # receive only: every job stays pending
+    files = write_ct_series(tmp_path / "s", n=20, rows=32, cols=32)
+    assert storescu(node, *files).returncode == 0
+    assert depth(node)["pending"] == 20
+    # and one job claimed by a worker that then died with the node
+    from storage.archive import open_archive
+    from storage.jobs import JobQueue
+
+    _layout, index = open_archive(node.storage)
+    claimed = JobQueue(index).claim()
+    assert claimed is not None
+    node.kill9()
+
+    node.env["DICOMNODE_WORKERS"] = "2"
+    node.start()
+    wait_for(lambda: depth(node)["done"] == 20, message="20 jobs done after restart")
+    assert "queued again" in node.log()
+    all_jobs = jobs(node)
+    assert len(all_jobs) == 20 and {j["action"] for j in all_jobs} == {"analyze"}
+    assert sorted(j["attempts"] for j in all_jobs) == [1] * 19 + [2]  # the interrupted one ran again
+    assert len(list(node.storage.rglob("*.analysis.json"))) == 20
+
+
+def test_failing_action_retries_then_fails(make_node, tmp_path: Path) -> None:
+    dead = free_port()  # nobody listens there
+    conf = write_config(tmp_path / "node.toml", f"""
+[pipeline]
+max_attempts = 3
+retry_base_seconds = 0.2
+
+[[pipeline.rules]]
+match = {{ calling_aet = "CT1" }}
+actions = ["analyze", "forward:DEAD"]
+
+[remotes.DEAD]
+aet = "DEAD"
+host = "127.0.0.1"
+port = {dead}
+""")
+    node = make_node(extra=["--config", str(conf)])
+    files = write_ct_series(tmp_path / "s", n=2, rows=16, cols=16)
+    assert storescu(node, files[0], calling="CT1").returncode == 0
+    assert storescu(node, files[1], calling="OTHER").returncode == 0  # no rule matches: no jobs
+    wait_for(lambda: depth(node)["failed"] == 1, message="the forward to fail for good")
+    failed = jobs(node, "failed")[0]
+    assert failed["action"] == "forward:DEAD" and failed["attempts"] == 3
+    assert "cannot connect" in failed["last_error"]
+    assert [j["action"] for j in jobs(node, "done")] == ["analyze"]
+    assert len(jobs(node)) == 2
+    requeued = json.loads(node.cli("jobs", "retry", "--all-failed", "--json").stdout)
+    assert requeued["requeued"] == 1
+    assert cli("jobs", "retry", "--storage", str(node.storage), check=False).returncode == 2
+
+
+def test_forward_succeeds_once_the_remote_is_up(make_node, tmp_path: Path) -> None:
+    port = free_port()
+    conf = write_config(tmp_path / "node.toml", f"""
+[pipeline]
+default_actions = ["forward:PACS2"]
+retry_base_seconds = 0.5
+
+[remotes.PACS2]
+aet = "PACS2"
+host = "127.0.0.1"
+port = {port}
+""")
+    node = make_node(extra=["--config", str(conf)])
+    files = write_ct_series(tmp_path / "s", n=3, rows=16, cols=16)
+    assert storescu(node, *files).returncode == 0
+    wait_for(lambda: all(j["attempts"] >= 1 and j["state"] == "pending" for j in jobs(node)),
+             message="a first failed attempt")
+    received = tmp_path / "received"
+    received.mkdir()
+    scp = subprocess.Popen([need("storescp"), "-aet", "PACS2", "-od", str(received), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: depth(node)["done"] == 3, message="forwards to succeed")
+    finally:
+        scp.terminate()
+        scp.wait()
+    got = sorted(str(dcmread(p).SOPInstanceUID) for p in received.iterdir())
+    assert got == sorted(str(dcmread(f).SOPInstanceUID) for f in files)
+
+
+def test_rules_from_config(tmp_path: Path) -> None:
+    conf = write_config(tmp_path / "n.toml", """
+[[pipeline.rules]]
+match = { modality = ["XA", "US"] }
+actions = ["analyze", "forward:P"]
+
+[[pipeline.rules]]
+match = { calling_aet = "CT1", sop_class = "1.2.840.10008.5.1.4.1.1.2" }
+actions = ["analyze"]
+
+[remotes.P]
+aet = "P"
+host = "pacs.example"
+port = 104
+""")
+    s = cfg.load(conf)
+    assert s.actions_for("ANY", "XA", "1.2") == ["analyze", "forward:P"]
+    assert s.actions_for("CT1", "CT", "1.2.840.10008.5.1.4.1.1.2") == ["analyze"]
+    assert s.actions_for("CT2", "CT", "1.2.840.10008.5.1.4.1.1.2") == []
+    bad = write_config(tmp_path / "bad.toml", '[pipeline]\ndefault_actions = ["forward:NOWHERE"]\n')
+    try:
+        cfg.load(bad)
+    except cfg.ConfigError as exc:
+        assert "NOWHERE" in str(exc)
+    else:
+        raise AssertionError("an action naming an unknown remote must be refused")
