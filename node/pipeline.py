@@ -30,11 +30,13 @@ from node.peers import Peer
 from storage import durable
 from storage.archive import Layout, open_archive
 from storage.index import Index
-from storage.jobs import ClaimedJob, JobQueue
+from storage.jobs import ClaimedJob, JobQueue, Outcome
 
 log = logging.getLogger("dicomnode.pipeline")
 REPORT_SUFFIX = ".analysis.json"
 IDLE_POLL_SECONDS = 0.25
+BATCH = 8  # jobs claimed, and their outcomes recorded, per index transaction
+WORKER_NICENESS = 10  # the receiving process comes first: a sender must never wait for analysis
 
 
 class PermanentError(Exception):
@@ -46,28 +48,32 @@ def report_path(dcm: Path) -> Path:
 
 
 class Worker:
+    """Runs jobs in batches; one instance per thread."""
+
     def __init__(self, settings: Settings, layout: Layout, index: Index) -> None:
         self.settings = settings
         self.layout = layout
         self.index = index
         self.queue = JobQueue(index)
+        self._pending_files: list[tuple[Path, bytes]] = []
 
-    def run_job(self, job: ClaimedJob) -> None:
-        level, row = self.index.find_any(job.sop_instance_uid)
-        if level != "IMAGE" or row is None:
+    def run_job(self, job: ClaimedJob) -> dict | None:
+        """Run one job's action; returns analysis figures for the index, if any."""
+        rel = self.index.instance_path(job.sop_instance_uid)
+        if rel is None:
             log.info("job %d %s: instance %s is no longer in the archive", job.id, job.action, job.sop_instance_uid)
-            return
-        path = self.layout.absolute(row["path"])
+            return None
+        path = self.layout.absolute(rel)
         kind, _, target = job.action.partition(":")
         action = ACTIONS.get(kind)
         if action is None:
             raise PermanentError(f"unknown action {job.action!r}")
-        action(self, path, target, job)
+        return action(self, path, target, job)
 
-    def analyze(self, path: Path, _target: str, job: ClaimedJob) -> None:
+    def analyze(self, path: Path, _target: str, _job: ClaimedJob) -> dict:
         report = analyze_file(path)
-        durable.write_file(self.layout.tmp, report_path(path), json.dumps(report, indent=1).encode())
-        self.queue.record_analysis(job.sop_instance_uid, summary(report))
+        self._pending_files.append((report_path(path), json.dumps(report, indent=1).encode()))
+        return summary(report)
 
     def forward(self, path: Path, target: str, _job: ClaimedJob) -> None:
         from node.scu import AssociationFailed, Timeouts, send
@@ -87,26 +93,38 @@ class Worker:
             raise RuntimeError(f"{remote.aet} answered {code}: {item.comment}")
 
     def step(self) -> bool:
-        """Claim and run one job; False when there was nothing to do."""
-        job = self.queue.claim()
-        if job is None:
+        """Claim a batch, run it, record the outcomes; False when there was nothing to do."""
+        batch = self.queue.claim(BATCH)
+        if not batch:
             return False
+        self._pending_files = []
+        outcomes = [self._run(job) for job in batch]
+        try:  # the batch's derived files are durable before any of its jobs is recorded done
+            durable.write_files(self.layout.tmp, self._pending_files)
+        except OSError as exc:
+            outcomes = [o if o.error else Outcome(o.job, f"cannot write results: {exc}",
+                                                  max_attempts=self.settings.max_attempts,
+                                                  base_delay=self.settings.retry_base_seconds) for o in outcomes]
+        self.queue.finish(outcomes)
+        return True
+
+    def _run(self, job: ClaimedJob) -> Outcome:
+        s = self.settings
         t0 = time.perf_counter()
         try:
-            self.run_job(job)
+            figures = self.run_job(job)
         except PermanentError as exc:
-            self.queue.failed(job, str(exc), max_attempts=0, base_delay=0)
             log.warning("job %d %s %s failed for good: %s", job.id, job.action, job.sop_instance_uid, exc)
+            return Outcome(job, str(exc), permanent=True)
         except Exception as exc:  # an action's failure is the job's, never the worker's
-            state = self.queue.failed(job, f"{type(exc).__name__}: {exc}", self.settings.max_attempts,
-                                      self.settings.retry_base_seconds)
+            out = Outcome(job, f"{type(exc).__name__}: {exc}", max_attempts=s.max_attempts,
+                          base_delay=s.retry_base_seconds)
             log.warning("job %d %s %s attempt %d failed (%s): %s", job.id, job.action, job.sop_instance_uid,
-                        job.attempts, "giving up" if state == "failed" else "will retry", exc)
-        else:
-            self.queue.done(job)
-            log.info("job %d %s %s done in %.1f ms", job.id, job.action, job.sop_instance_uid,
-                     (time.perf_counter() - t0) * 1000)
-        return True
+                        job.attempts, "giving up" if out.state_after_failure == "failed" else "will retry", exc)
+            return out
+        log.info("job %d %s %s done in %.1f ms", job.id, job.action, job.sop_instance_uid,
+                 (time.perf_counter() - t0) * 1000)
+        return Outcome(job, figures=figures)
 
     def loop(self, stop: Callable[[], bool]) -> None:
         while not stop():
@@ -119,7 +137,7 @@ class Worker:
                 time.sleep(IDLE_POLL_SECONDS)
 
 
-ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], None]] = {
+ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], dict | None]] = {
     "analyze": Worker.analyze,
     "forward": Worker.forward,
 }
@@ -130,15 +148,15 @@ def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchro
     from node.serve import setup_logging
 
     setup_logging(settings.log_level)
+    os.nice(WORKER_NICENESS)
     parent = os.getppid()
     layout, index = open_archive(settings.storage_path, settings.db_url)
-    worker = Worker(settings, layout, index)
-
     def stop() -> bool:  # also stop when the node died without telling us (kill -9)
         return stop_event.is_set() or os.getppid() != parent
 
-    threads = [threading.Thread(target=worker.loop, args=(stop,), name=f"worker-{i}", daemon=True)
-               for i in range(settings.workers)]
+    # one Worker per thread: a Worker keeps the files of the batch it is running
+    threads = [threading.Thread(target=Worker(settings, layout, index).loop, args=(stop,), name=f"worker-{i}",
+                                daemon=True) for i in range(settings.workers)]
     for t in threads:
         t.start()
     for t in threads:

@@ -51,21 +51,31 @@ def place(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def write_file(tmp_dir: Path, final: Path, data: bytes) -> None:
-    """Replace `final` with `data` atomically and durably (a reader sees the old or the new file)."""
-    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=TMP_SUFFIX, dir=tmp_dir)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        place(Path(name), final)
-    except BaseException:
+def write_files(tmp_dir: Path, files: list[tuple[Path, bytes]]) -> None:
+    """Replace each file atomically (a reader sees the old or the new one), all durable on return.
+
+    One fsync per file and one per folder for the whole batch, not per file:
+    derived files are written in batches beside objects that share folders.
+    """
+    folders: set[Path] = set()
+    for final, data in files:
+        fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=TMP_SUFFIX, dir=tmp_dir)
         try:
-            os.unlink(name)
-        except OSError:
-            pass
-        raise
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            make_dirs_durable(final.parent)
+            os.replace(name, final)
+        except BaseException:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+            raise
+        folders.add(final.parent)
+    for d in folders:
+        fsync_dir(d)
 
 
 def remove(path: Path) -> bool:

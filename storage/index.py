@@ -141,6 +141,11 @@ class Index:
 
     # -- reads ------------------------------------------------------------
 
+    def instance_path(self, sop_instance_uid: str) -> str | None:
+        """The archive-relative path of an instance (one indexed lookup, for the workers)."""
+        with self.sessions.kw["bind"].connect() as conn:
+            return conn.scalar(select(INS.c.path).where(INS.c.SOPInstanceUID == sop_instance_uid))
+
     def find_any(self, uid: str) -> tuple[str | None, dict[str, Any] | None]:
         """The level and flattened row (with its parents' keys) of a study, series or instance UID."""
         with self.sessions() as s:

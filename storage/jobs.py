@@ -42,6 +42,28 @@ class ClaimedJob:
     attempts: int
 
 
+@dataclass
+class Outcome:
+    """What running a claimed job came to: done (error None) or a failure to retry or give up on."""
+
+    job: ClaimedJob
+    error: str | None = None
+    permanent: bool = False
+    max_attempts: int = 1
+    base_delay: float = 0.0
+    figures: dict[str, Any] | None = None
+
+    @property
+    def state_after_failure(self) -> str:
+        return "failed" if self.permanent or self.job.attempts >= self.max_attempts else "pending"
+
+    @property
+    def retry_delay(self) -> float:
+        if self.state_after_failure == "failed":
+            return 0.0
+        return min(self.base_delay * (2 ** (self.job.attempts - 1)), MAX_BACKOFF)
+
+
 class JobQueue:
     def __init__(self, index: "Index") -> None:
         self.index = index
@@ -50,35 +72,36 @@ class JobQueue:
     def _write(self):  # type: ignore[no-untyped-def]
         return self.index.writing_connection()
 
-    def claim(self) -> ClaimedJob | None:
+    def claim(self, limit: int = 1) -> list[ClaimedJob]:
+        """Take up to `limit` due jobs (pending -> running) in one transaction.
+
+        UPDATE ... RETURNING hands each job to exactly one claimant, also when
+        several worker processes share a PostgreSQL index.
+        """
         with self._write() as conn:
             t = now()
-            row = conn.execute(select(JOBS.c.id, JOBS.c.sop_instance_uid, JOBS.c.action, JOBS.c.attempts)
-                               .where(JOBS.c.state == "pending", JOBS.c.not_before <= t)
-                               .order_by(JOBS.c.id).limit(1)).first()
-            if row is None:
-                return None
-            won = conn.execute(update(JOBS).where(JOBS.c.id == row.id, JOBS.c.state == "pending")
-                               .values(state="running", attempts=JOBS.c.attempts + 1, updated_at=t)).rowcount
-            if not won:
-                return None
-            return ClaimedJob(row.id, row.sop_instance_uid, row.action, row.attempts + 1)
+            ids = list(conn.scalars(select(JOBS.c.id).where(JOBS.c.state == "pending", JOBS.c.not_before <= t)
+                                    .order_by(JOBS.c.id).limit(limit)))
+            if not ids:
+                return []
+            rows = conn.execute(update(JOBS).where(JOBS.c.id.in_(ids), JOBS.c.state == "pending")
+                                .values(state="running", attempts=JOBS.c.attempts + 1, updated_at=t)
+                                .returning(JOBS.c.id, JOBS.c.sop_instance_uid, JOBS.c.action, JOBS.c.attempts)).all()
+        return sorted((ClaimedJob(r.id, r.sop_instance_uid, r.action, r.attempts) for r in rows), key=lambda j: j.id)
 
-    def done(self, job: ClaimedJob) -> None:
-        with self._write() as conn:
-            conn.execute(update(JOBS).where(JOBS.c.id == job.id)
-                         .values(state="done", last_error=None, updated_at=now()))
-
-    def failed(self, job: ClaimedJob, error: str, max_attempts: int, base_delay: float) -> str:
-        """Back to pending after a backoff, or failed for good; returns the new state."""
-        final = job.attempts >= max_attempts
-        delay = min(base_delay * (2 ** (job.attempts - 1)), MAX_BACKOFF)
+    def finish(self, outcomes: list[Outcome]) -> None:
+        """Record the outcomes of a batch (and analysis figures) in one transaction."""
         t = now()
         with self._write() as conn:
-            conn.execute(update(JOBS).where(JOBS.c.id == job.id).values(
-                state="failed" if final else "pending", last_error=error[:2000], updated_at=t,
-                not_before=t + timedelta(seconds=0 if final else delay)))
-        return "failed" if final else "pending"
+            for o in outcomes:
+                if o.error is None:
+                    values: dict[str, Any] = {"state": "done", "last_error": None, "updated_at": t}
+                else:
+                    values = {"state": o.state_after_failure, "last_error": o.error[:2000], "updated_at": t,
+                              "not_before": t + timedelta(seconds=o.retry_delay)}
+                conn.execute(update(JOBS).where(JOBS.c.id == o.job.id).values(**values))
+                if o.figures is not None:
+                    _record_analysis(conn, o.job.sop_instance_uid, o.figures, t)
 
     def requeue_running(self) -> int:
         """At start-up: what a crash left running is run again."""
@@ -111,9 +134,9 @@ class JobQueue:
                      "created_at": r.created_at.isoformat() + "Z", "updated_at": r.updated_at.isoformat() + "Z"}
                     for r in conn.execute(q)]
 
-    def record_analysis(self, sop_instance_uid: str, figures: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(update(INS).where(INS.c.SOPInstanceUID == sop_instance_uid).values(
-                analyzed_at=now(), pixel_data_offset=figures.get("pixel_data_offset"),
-                pixel_data_size=figures.get("actual_size"), finding_errors=figures.get("errors"),
-                finding_warnings=figures.get("warnings"), finding_codes=",".join(figures.get("codes", []))))
+
+def _record_analysis(conn: Connection, sop_instance_uid: str, figures: dict[str, Any], t: datetime) -> None:
+    conn.execute(update(INS).where(INS.c.SOPInstanceUID == sop_instance_uid).values(
+        analyzed_at=t, pixel_data_offset=figures.get("pixel_data_offset"),
+        pixel_data_size=figures.get("actual_size"), finding_errors=figures.get("errors"),
+        finding_warnings=figures.get("warnings"), finding_codes=",".join(figures.get("codes", []))))
