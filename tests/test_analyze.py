@@ -90,6 +90,14 @@ def test_truncated_file_is_flagged() -> None:
     assert any("not enough pixel data" in x["message"] for x in r["findings"])
 
 
+def test_wrong_vr_encoding_is_flagged() -> None:
+    """SC_rgb_jpeg.dcm says Explicit VR in its meta but is encoded with implicit VR."""
+    f = next(p for p in pydicom_test_files() if p.name == "SC_rgb_jpeg.dcm")
+    r = analyze_file(f)
+    assert "VR_MISMATCH" in codes(r)
+    assert r["pixel_data_info"]["value_length"] is None and r["frame_info"]["frame_offsets"]
+
+
 def test_file_without_preamble(tmp_path: Path) -> None:
     f = next(p for p in pydicom_test_files() if p.name == "no_meta.dcm")
     r = analyze_file(f)
