@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from netutil import free_port, wait_port  # noqa: F401 - re-exported for the tests
+
 ROOT = Path(__file__).resolve().parents[1]
 DICOMNODE = [sys.executable, "-m", "node.cli"]
 READY = re.compile(r"dicomnode listening on (\S+):(\d+) as (\S+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def need(tool: str) -> str:

@@ -6,7 +6,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import CTImageStorage
