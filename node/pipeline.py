@@ -36,7 +36,7 @@ log = logging.getLogger("dicomnode.pipeline")
 REPORT_SUFFIX = ".analysis.json"
 IDLE_POLL_SECONDS = 0.25
 BATCH = 8  # jobs claimed, and their outcomes recorded, per index transaction
-WORKER_NICENESS = 10  # the receiving process comes first: a sender must never wait for analysis
+
 
 
 class PermanentError(Exception):
@@ -93,7 +93,7 @@ class Worker:
             raise RuntimeError(f"{remote.aet} answered {code}: {item.comment}")
 
     def step(self) -> bool:
-        """Claim a batch, run it, record the outcomes; False when there was nothing to do."""
+        """Claim a batch, run it, record the outcomes; True when the batch was full (more may wait)."""
         batch = self.queue.claim(BATCH)
         if not batch:
             return False
@@ -106,7 +106,7 @@ class Worker:
                                                   max_attempts=self.settings.max_attempts,
                                                   base_delay=self.settings.retry_base_seconds) for o in outcomes]
         self.queue.finish(outcomes)
-        return True
+        return len(batch) == BATCH
 
     def _run(self, job: ClaimedJob) -> Outcome:
         s = self.settings
@@ -134,6 +134,9 @@ class Worker:
                 log.exception("job queue unavailable")
                 busy = False
             if not busy:
+                # Keeping up with arrivals one job at a time would cost two index
+                # commits per object, competing with the receiver's own; waiting
+                # lets the next batch fill.
                 time.sleep(IDLE_POLL_SECONDS)
 
 
@@ -143,12 +146,13 @@ ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], dict | None]] = {
 }
 
 
-def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchronize.Event") -> None:
+def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchronize.Event",
+                        ready_event: "multiprocessing.synchronize.Event") -> None:
     """Entry point of the worker process: `settings.workers` threads until told to stop."""
     from node.serve import setup_logging
 
     setup_logging(settings.log_level)
-    os.nice(WORKER_NICENESS)
+    _yield_cpu_to_receiver()
     parent = os.getppid()
     layout, index = open_archive(settings.storage_path, settings.db_url)
     def stop() -> bool:  # also stop when the node died without telling us (kill -9)
@@ -159,8 +163,20 @@ def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchro
                                 daemon=True) for i in range(settings.workers)]
     for t in threads:
         t.start()
+    ready_event.set()
     for t in threads:
         t.join()
+
+
+def _yield_cpu_to_receiver() -> None:
+    """Run only on CPU time the receiving process leaves idle: a sender must never wait for analysis.
+
+    SCHED_IDLE (Linux) is stronger than any nice level; elsewhere nice 19.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 class WorkerProcess:
@@ -169,11 +185,15 @@ class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
-        self._proc = ctx.Process(target=worker_process_main, args=(settings, self._stop), name="dicomnode-workers",
-                                 daemon=False)
+        self._ready = ctx.Event()
+        self._proc = ctx.Process(target=worker_process_main, args=(settings, self._stop, self._ready),
+                                 name="dicomnode-workers", daemon=False)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60) -> None:
+        """Start and wait until the workers run, so that their start-up is over before the node says it is."""
         self._proc.start()
+        if not self._ready.wait(timeout):
+            log.warning("the worker process is not ready after %.0f s; going on", timeout)
 
     def stop(self, timeout: float = 60) -> None:
         """Let running jobs finish (a job cut short would simply run again at the next start)."""

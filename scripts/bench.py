@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,11 +180,37 @@ def run_target(name: str, start: Callable[..., Server], work: Path, folders: lis
     return res
 
 
+def pipeline_cost(work: Path, folders: list[Path], reps: int) -> dict[str, float]:
+    """500 images over one association into the node with and without on-arrival jobs.
+
+    Runs alternate and the medians are compared, because single runs on a
+    small shared machine vary by more than the difference being measured.
+    """
+    runs: dict[str, list[float]] = {"analyze": [], "": []}
+    for rep in range(reps):
+        for actions in ("analyze", ""):
+            d = work / f"cost-{rep}-{actions or 'none'}"
+            srv = start_node(d, actions=actions)
+            try:
+                runs[actions].append(timed_send(srv, [folders]))
+            finally:
+                srv.stop()
+            shutil.rmtree(d, ignore_errors=True)
+    with_jobs, without = statistics.median(runs["analyze"]), statistics.median(runs[""])
+    print(f"  with analysis {sorted(round(x, 2) for x in runs['analyze'])}, "
+          f"without {sorted(round(x, 2) for x in runs[''])}: median cost {with_jobs / without - 1:+.1%}",
+          file=sys.stderr)
+    return {"500 images, 1 association (median)": without,
+            "500 images, 1 association, with analysis (median)": with_jobs,
+            "on-arrival analysis cost, %": 100 * (with_jobs / without - 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dicomnode-bench-", dir=ROOT / "bench-results"
@@ -193,17 +220,15 @@ def main() -> int:
         folders = make_workload(work)
         big = None if args.no_big else write_multiframe(work / "big.dcm", random=False)
         results: dict[str, dict[str, float]] = {}
-        from functools import partial
-
         targets: list[tuple[str, Callable[..., Server], bool]] = [
-            ("dicomnode", start_node, True),
-            ("dicomnode, no jobs", partial(start_node, actions=""), False),
-            ("storescp", start_storescp, True)]
+            ("dicomnode", start_node, True), ("storescp", start_storescp, True)]
         if shutil.which("Orthanc"):
             targets.append(("orthanc", start_orthanc, args.orthanc_big))
         for name, start, with_big in targets:
             print(f"measuring {name} ...", file=sys.stderr)
             results[name] = run_target(name, start, work, folders, big if with_big else None)
+        print("measuring what on-arrival analysis costs the sender ...", file=sys.stderr)
+        results["dicomnode, no jobs"] = pipeline_cost(work, folders, args.reps)
         report(results)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2))

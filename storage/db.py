@@ -2,9 +2,11 @@
 
 SQLite is the embedded default. It runs in WAL mode with synchronous=FULL, so
 a committed row survives a power cut (NORMAL would only survive a crash of
-the process), and write transactions start with BEGIN IMMEDIATE, so that
-concurrent associations queue on the busy timeout instead of failing with
-"database is locked" when a read transaction tries to become a write one.
+the process). Write transactions (connections with the WRITE option, see
+writer()) start with BEGIN IMMEDIATE, so that concurrent writers queue on the
+busy timeout instead of failing with "database is locked" when a read
+transaction tries to become a write one; read transactions start with a
+plain BEGIN and, in WAL mode, never hold up a writer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 60_000
+WRITE = "dicomnode_write"
 
 
 def default_url(storage: Path) -> str:
@@ -51,16 +54,21 @@ def create_index_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine and pool, for transactions that will write."""
+    return engine.execution_options(**{WRITE: True})
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

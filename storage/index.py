@@ -14,10 +14,11 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.db import writer
 from storage.jobs import enqueue
 from storage.models import LEVELS, Base, Instance, Patient, Series, Study, dicom_keywords, now
 
@@ -41,7 +42,10 @@ class PutResult(Enum):
 
 class Index:
     def __init__(self, sessions: sessionmaker[Session], serialize_writes: bool = False) -> None:
-        self.sessions = sessions
+        self.sessions = sessions  # reads
+        self.engine: Engine = sessions.kw["bind"]
+        self.write_engine = writer(self.engine)
+        self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         # SQLite has one writer at a time and makes the others wait in a
         # sleeping busy handler (1, 2, 5, 10 ... ms naps). Queueing our own
         # threads on a lock hands the write lock over at once instead.
@@ -50,12 +54,12 @@ class Index:
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
-        with self._write_lock, self.sessions.begin() as s:
+        with self._write_lock, self._write_sessions.begin() as s:
             yield s
 
     @contextmanager
     def writing_connection(self) -> Iterator[Connection]:
-        with self._write_lock, self.sessions.kw["bind"].begin() as conn:
+        with self._write_lock, self.write_engine.begin() as conn:
             yield conn
 
     # -- writes -----------------------------------------------------------
@@ -143,7 +147,7 @@ class Index:
 
     def instance_path(self, sop_instance_uid: str) -> str | None:
         """The archive-relative path of an instance (one indexed lookup, for the workers)."""
-        with self.sessions.kw["bind"].connect() as conn:
+        with self.engine.connect() as conn:
             return conn.scalar(select(INS.c.path).where(INS.c.SOPInstanceUID == sop_instance_uid))
 
     def find_any(self, uid: str) -> tuple[str | None, dict[str, Any] | None]:

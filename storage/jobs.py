@@ -67,7 +67,7 @@ class Outcome:
 class JobQueue:
     def __init__(self, index: "Index") -> None:
         self.index = index
-        self.engine = index.sessions.kw["bind"]
+        self.engine = index.engine
 
     def _write(self):  # type: ignore[no-untyped-def]
         return self.index.writing_connection()
