@@ -435,9 +435,10 @@ def analyze(targets: Annotated[list[str], typer.Argument(help="files, folders (r
         for f in files:
             try:
                 r = analyze_file(f, force=force)
-            except OSError as exc:
+            except Exception as exc:  # one bad file is reported in its own JSON; the run goes on
+                code = "UNREADABLE_FILE" if isinstance(exc, OSError) else "ANALYSIS_FAILED"
                 r = {"file_info": {"filename": f.name, "filepath": str(f)},
-                     "findings": [{"code": "UNREADABLE_FILE", "severity": "error", "message": str(exc)}]}
+                     "findings": [{"code": code, "severity": "error", "message": f"{type(exc).__name__}: {exc}"}]}
             reports.append(r)
             bar.advance(task)
     if out_dir is not None:
