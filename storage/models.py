@@ -133,7 +133,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(Str, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(Str)  # no index: one b-tree less per stored object
     action: Mapped[str] = mapped_column(Str)
     state: Mapped[str] = mapped_column(Str, default="pending")  # pending | running | done | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -28,7 +28,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index('ix_jobs_state_not_before', ['state', 'not_before'], unique=False)
-        batch_op.create_index(batch_op.f('ix_jobs_sop_instance_uid'), ['sop_instance_uid'], unique=False)
 
     with op.batch_alter_table('instances', schema=None) as batch_op:
         batch_op.add_column(sa.Column('analyzed_at', sa.DateTime(), nullable=True))
@@ -45,6 +44,5 @@ def downgrade() -> None:
                     'pixel_data_offset', 'analyzed_at'):
             batch_op.drop_column(col)
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_jobs_sop_instance_uid'))
         batch_op.drop_index('ix_jobs_state_not_before')
     op.drop_table('jobs')
