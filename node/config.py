@@ -67,6 +67,7 @@ class Settings:
     db: str = _setting("storage", "", "SQLAlchemy URL of the index; empty = SQLite in the archive folder")
     duplicate_policy: str = _setting("storage", "keep", "keep | overwrite | reject a SOP Instance UID seen before")
     min_free_mb: int = _setting("storage", 512, "refuse stores (0xA700) when less disk is free")
+    extra_sop_classes: list[str] = _setting("storage", [], "private storage SOP class UIDs also accepted")
     require_called_aet: bool = _setting("security", True, "reject associations not addressed to our AE title")
     allowed_calling: list[str] = _setting("security", [], "calling AE titles allowed in; empty = anyone")
     log_level: str = _setting("logging", "INFO", "DEBUG | INFO | WARNING | ERROR")
@@ -206,6 +207,9 @@ def _validate(s: Settings) -> None:
     for title in s.allowed_calling:
         if not 1 <= len(title) <= 16:
             raise ConfigError(f"allowed_calling: {title!r} is not an AE title")
+    for uid in s.extra_sop_classes:
+        if not uid or len(uid) > 64 or not all(part.isdigit() for part in uid.split(".")):
+            raise ConfigError(f"extra_sop_classes: {uid!r} is not a UID")
     for actions in [s.default_actions, *(r.actions for r in s.rules)]:
         for a in actions:
             kind, _, target = a.partition(":")

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class
 
 from node import receive
 from node.config import Settings
@@ -94,6 +95,11 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for i, uid in enumerate(s.extra_sop_classes):
+            # pynetdicom routes a C-STORE by its SOP class's service: a private class must be registered
+            if uid_to_service_class(uid) is not StorageServiceClass:
+                register_uid(uid, f"ConfiguredPrivateStorage{i}", StorageServiceClass)
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         for cx in ae.supported_contexts:
             cx.__class__ = _CheaplyCopiedContext
         return ae

@@ -232,3 +232,22 @@ def test_verification_context_only(node) -> None:
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def test_private_sop_class_only_when_configured(make_node, tmp_path: Path) -> None:
+    csa = "1.3.12.2.1107.5.9.1"  # Siemens CSA Non-Image Storage
+
+    def private(ds: Dataset) -> None:
+        ds.SOPClassUID = csa
+        ds.file_meta.MediaStorageSOPClassUID = csa
+
+    f = _craft(tmp_path, "csa", private)
+    plain = make_node("plain")
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(csa)
+    assoc = ae.associate("127.0.0.1", plain.port, ae_title=plain.aet)
+    assert not assoc.is_established  # no acceptable presentation context
+    configured = make_node("configured", env={"DICOMNODE_EXTRA_SOP_CLASSES": csa})
+    assert _send_raw(configured, f).Status == 0
+    rows = json.loads(configured.cli("ls", "instances", "--json").stdout)
+    assert [r["SOPClassUID"] for r in rows] == [csa]
