@@ -45,7 +45,12 @@ def serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers())
+    try:
+        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers())
+    except BaseException:
+        if workers:
+            workers.stop()
+        raise
     host, port = server.server_address[:2]
     print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
     log.info("archive %s, index %s, duplicates: %s", layout.root,

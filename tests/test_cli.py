@@ -171,3 +171,10 @@ def test_postgresql_index(tmp_path: Path) -> None:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_serve_on_a_busy_port_fails_cleanly(node, tmp_path: Path) -> None:
+    p = cli("serve", "--storage", str(tmp_path / "other"), "--host", "127.0.0.1", "--port", str(node.port),
+            check=False, timeout=60)
+    assert p.returncode == 1
+    assert "cannot listen" in p.stderr and "Traceback" not in p.stderr
