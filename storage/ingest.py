@@ -119,6 +119,7 @@ class Ingester:
         # common path); a duplicate's file, placed a moment early, is removed then.
         final = self.layout.object_path(values["STUDY"]["StudyInstanceUID"],
                                         values["SERIES"]["SeriesInstanceUID"], sop_uid, sink.sha256)
+        was_there = final.exists()  # identical content of an archived instance: the very same name
         try:
             durable.place(sink.path, final)
         except OSError as exc:
@@ -130,7 +131,8 @@ class Ingester:
             result, other = self.index.put_instance(values, facts, self.duplicates is DuplicatePolicy.OVERWRITE,
                                                     actions)
         except SQLAlchemyError as exc:
-            durable.remove(final)
+            if not was_there:
+                durable.remove(final)
             sink.kept()
             return Outcome(PROCESSING_FAILURE, f"index unavailable: {type(exc).__name__}", sop_uid, action="failed")
         sink.kept()
