@@ -507,7 +507,24 @@ def _write_reports(out_dir: Path, reports: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    app()
+    """Console entry point: an unexpected error is one line for the operator, not a traceback.
+
+    DICOMNODE_DEBUG=1 shows the traceback.
+    """
+    import os
+
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("DICOMNODE_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+        sys.exit(EXIT_FAIL)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,11 @@ def test_serve_on_a_busy_port_fails_cleanly(node, tmp_path: Path) -> None:
             check=False, timeout=60)
     assert p.returncode == 1
     assert "cannot listen" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_unreachable_index_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    for args in (["stats"], ["serve", "--port", "0", "--host", "127.0.0.1"]):
+        p = cli(*args, "--storage", str(tmp_path / "a"), "--db", url, check=False, timeout=60)
+        assert p.returncode == 1, p.stderr
+        assert "Traceback" not in p.stderr and "127.0.0.1" in p.stderr
