@@ -482,10 +482,10 @@ def _resolve_targets(targets: list[str], config: Path | None, storage: Path | No
 
 def _write_reports(out_dir: Path, reports: list[dict[str, Any]]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    series: dict[str, dict[str, Any]] = {}
-    used: set[str] = set()
     from node.analyze import summary
 
+    series: dict[str, dict[str, Any]] = {}
+    used: set[str] = set()
     for r in reports:
         stem = Path(r["file_info"]["filename"]).stem
         name, n = f"{stem}_analysis.json", 1

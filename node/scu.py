@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
@@ -23,6 +23,7 @@ from node.peers import Peer
 log = logging.getLogger("dicomnode.scu")
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+NATIVE = (*UNCOMPRESSED, ExplicitVRBigEndian)  # pynetdicom re-encodes between these
 
 
 class AssociationFailed(Exception):
@@ -164,7 +165,7 @@ def send(peer: Peer, paths: list[Path], calling_aet: str, timeouts: Timeouts | N
 
 def _contexts(item: SendItem) -> tuple[str, tuple[str, ...]]:
     ts = UID(item.transfer_syntax)
-    if ts in UNCOMPRESSED or ts == "1.2.840.10008.1.2.2":
+    if ts in NATIVE:
         return item.sop_class, tuple(dict.fromkeys((str(ts), *UNCOMPRESSED)))
     return item.sop_class, (str(ts),)
 
@@ -218,7 +219,7 @@ def _store_one(assoc: Any, it: SendItem) -> None:
     try:
         if exact:
             rsp = assoc.send_c_store(it.path)
-        elif accepted and UID(it.transfer_syntax) in (*UNCOMPRESSED, "1.2.840.10008.1.2.2"):
+        elif accepted and UID(it.transfer_syntax) in NATIVE:
             rsp = assoc.send_c_store(dcmread(it.path))  # pynetdicom re-encodes between native syntaxes
         else:
             it.comment = (f"{assoc.acceptor.ae_title} accepts {UID(it.sop_class).name} in none of the "

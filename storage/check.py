@@ -16,6 +16,7 @@ from pathlib import Path
 from storage.archive import Layout
 from storage.header import HeaderError, index_values, read_header
 from storage.index import FileFacts, Index, PutResult
+from storage.ingest import identity_problem
 
 
 @dataclass
@@ -73,6 +74,10 @@ def repair(layout: Layout, index: Index, report: CheckReport) -> None:
             header = read_header(path)
         except HeaderError as exc:
             report.unrepairable.append(f"{rel}: {exc}")
+            continue
+        problem = identity_problem(header)  # the same checks as at ingest
+        if problem is not None:
+            report.unrepairable.append(f"{rel}: {problem.comment}")
             continue
         values = index_values(header)
         facts = FileFacts(rel, path.stat().st_size, file_sha256(path), None, "check --repair")

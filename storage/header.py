@@ -30,14 +30,6 @@ class HeaderError(ValueError):
     """The object cannot be parsed as DICOM."""
 
 
-class InvalidObject(ValueError):
-    """The object parses but cannot be archived (missing or invalid identifiers)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass
 class Header:
     meta: FileMetaDataset

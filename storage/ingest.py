@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage import durable
 from storage.archive import Layout
 from storage.durable import HashingSink
-from storage.header import HeaderError, read_header, uid_problem, index_values
+from storage.header import Header, HeaderError, index_values, read_header, uid_problem
 from storage.index import FileFacts, Index, PutResult
 
 log = logging.getLogger("dicomnode.ingest")
@@ -109,7 +109,7 @@ class Ingester:
             header = read_header(sink.path, force=force)
         except HeaderError as exc:
             return Outcome(CANNOT_UNDERSTAND, str(exc)[:1024], action="failed")
-        problem = _identity_problem(header, sop_class, sop_instance)
+        problem = identity_problem(header, sop_class, sop_instance)
         if problem is not None:
             return problem
         values = index_values(header)
@@ -167,7 +167,9 @@ class Ingester:
         return self.ingest(sink, calling_aet=None, peer="import", force=force)
 
 
-def _identity_problem(header, sop_class: str | None, sop_instance: str | None) -> Outcome | None:  # type: ignore[no-untyped-def]
+def identity_problem(header: Header, sop_class: str | None = None,
+                     sop_instance: str | None = None) -> Outcome | None:
+    """Why an object cannot be archived (as a failed Outcome), or None."""
     for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         why = uid_problem(header.uid(kw))
         if why is not None:
