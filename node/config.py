@@ -70,6 +70,10 @@ class Settings:
     extra_sop_classes: list[str] = _setting("storage", [], "private storage SOP class UIDs also accepted")
     require_called_aet: bool = _setting("security", True, "reject associations not addressed to our AE title")
     allowed_calling: list[str] = _setting("security", [], "calling AE titles allowed in; empty = anyone")
+    open_services: list[str] = _setting("security", list(SERVICES),
+                                        "services a calling AE not listed in [remotes] may use")
+    max_results: int = _setting("query", 0, "C-FIND matches sent at most (0 = all); more end with 0xA700")
+    pn_case_insensitive: bool = _setting("query", True, "person names match regardless of case")
     log_level: str = _setting("logging", "INFO", "DEBUG | INFO | WARNING | ERROR")
     workers: int = _setting("pipeline", 2, "worker threads running on-arrival jobs (0 = none)")
     max_attempts: int = _setting("pipeline", 10, "attempts before a job stays failed")
@@ -85,6 +89,17 @@ class Settings:
     @property
     def db_url(self) -> str | None:
         return self.db or None
+
+    def remote_by_aet(self, aet: str) -> "Remote | None":
+        for r in self.remotes.values():
+            if r.aet == aet:
+                return r
+        return None
+
+    def may_use(self, calling_aet: str, service: str) -> bool:
+        """A peer configured in [remotes] may use its listed services; any other, open_services."""
+        remote = self.remote_by_aet(calling_aet.strip())
+        return service in (remote.services if remote is not None else self.open_services)
 
     def actions_for(self, calling_aet: str | None, modality: str | None, sop_class: str | None) -> list[str]:
         """The on-arrival actions of one instance: every matching rule's, in order, once each."""
@@ -136,7 +151,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
                 out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
             elif known.get(key) == section:
                 out[key] = value
-            elif section in {"node", "network", "storage", "security", "logging", "pipeline"}:
+            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline"}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
 
@@ -204,6 +219,15 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"port {s.port}: not a TCP port")
     if s.duplicate_policy not in ("keep", "overwrite", "reject"):
         raise ConfigError(f"duplicate_policy {s.duplicate_policy!r}: keep, overwrite or reject")
+    for name in s.open_services:
+        if name not in SERVICES:
+            raise ConfigError(f"open_services: {name!r} is not one of {', '.join(SERVICES)}")
+    for r in s.remotes.values():
+        for name in r.services:
+            if name not in SERVICES:
+                raise ConfigError(f"[remotes.{r.name}] services: {name!r} is not one of {', '.join(SERVICES)}")
+    if s.max_results < 0:
+        raise ConfigError("max_results: 0 (no limit) or more")
     for title in s.allowed_calling:
         if not 1 <= len(title) <= 16:
             raise ConfigError(f"allowed_calling: {title!r} is not an AE title")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
@@ -19,11 +19,14 @@ from pynetdicom.sop_class import Verification, register_uid, uid_to_service_clas
 
 from node import receive
 from node.config import Settings
+from node.qrscp import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from storage.ingest import Ingester, Outcome
 
 log = logging.getLogger("dicomnode")
 
 ERROR_COMMENT_MAX = 64  # (0000,0902) is LO
+QR_SOP_CLASSES = (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS)
+QR_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 @dataclass
@@ -93,8 +96,11 @@ class StorageSCP:
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
         ae.add_supported_context(Verification)
+        for uid in QR_SOP_CLASSES:
+            ae.add_supported_context(uid, QR_SYNTAXES)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # both roles: a C-GET requester proposes to be the storage SCP on its own association
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         for i, uid in enumerate(s.extra_sop_classes):
             # pynetdicom routes a C-STORE by its SOP class's service: a private class must be registered
             if uid_to_service_class(uid) is not StorageServiceClass:
@@ -157,6 +163,14 @@ class StorageSCP:
     def on_store(self, event: Any) -> int | Dataset:
         t0 = time.perf_counter()
         req = event.request
+        calling = event.assoc.requestor.ae_title
+        if not self.settings.may_use(calling, "store"):
+            receive.claim(event.dataset_path).discard()
+            log.warning("store from %s refused: not allowed the store service", _who(event.assoc))
+            rsp = Dataset()
+            rsp.Status = 0x0124
+            rsp.ErrorComment = f"{calling} is not allowed store"[:ERROR_COMMENT_MAX]
+            return rsp
         with self.in_flight:
             sink = receive.claim(event.dataset_path)
             out = self.ingester.ingest(

@@ -10,6 +10,7 @@ import time
 
 from node.config import Settings
 from node.pipeline import WorkerProcess
+from node.qrscp import QueryRetrieveSCP
 from node.scp import StorageSCP
 from storage.jobs import JobQueue
 from storage.archive import open_archive
@@ -40,13 +41,14 @@ def serve(settings: Settings) -> int:
     if workers:
         workers.start()
     scp = StorageSCP(settings, ingester)
+    qr = QueryRetrieveSCP(settings, layout, index)
     ae = scp.build_ae()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
     try:
-        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers())
+        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers() + qr.handlers())
     except BaseException:
         if workers:
             workers.stop()

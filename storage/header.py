@@ -7,6 +7,7 @@ cost of validating an object does not grow with its size.
 from __future__ import annotations
 
 import re
+from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pydicom.valuerep import PersonName
 from storage.models import Instance, Patient, Series, Study, dicom_tags, integer_columns
 
 DEFER_BYTES = 64 * 1024
+MAX_PREFIX = 1 << 20  # a longer header (large private blobs before Pixel Data) is parsed with deferral
 
 # Objects are archived as received; checking every value's VR syntax on the
 # way in would only cost time (and fill the log) on the hot path.
@@ -51,6 +53,21 @@ def read_header(path: Path, force: bool = False) -> Header:
     except Exception as exc:  # pydicom raises many types for malformed input
         raise HeaderError(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
     return Header(meta=meta, ds=ds)
+
+
+def read_stored_header(path: Path, pixel_data_offset: int | None = None) -> Dataset:
+    """The data set of an archived file up to Pixel Data: what C-FIND returns beyond the index.
+
+    The archived file's own first bytes are the header copy: once the
+    analysis has recorded where the pixel data's value starts, one read of
+    that prefix is all it takes; before that, the file is parsed up to Pixel
+    Data with large values deferred. Either way no bulk data is read.
+    """
+    if pixel_data_offset and pixel_data_offset <= MAX_PREFIX:
+        with open(path, "rb") as f:
+            prefix = f.read(pixel_data_offset)
+        return dcmread(BytesIO(prefix), stop_before_pixels=True, force=True)
+    return dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=True)
 
 
 def uid_problem(value: str) -> str | None:

@@ -1,0 +1,210 @@
+"""Query/Retrieve SCP: C-FIND, C-MOVE and C-GET answered from the archive.
+
+The handlers are generators, as pynetdicom wants them: C-FIND yields one
+pending response per matching row while the database cursor streams;
+C-MOVE and C-GET yield the destination, the number of sub-operations, then
+one ArchivedFile per instance (node/substore.py sends it from disk).
+Who may do what is checked before pynetdicom's own loops start, so a
+refused peer gets 0x0124 (Refused: Not Authorized) with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterator
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from sqlalchemy.exc import SQLAlchemyError
+
+from node import substore
+from node.config import Settings
+from node.find import HeaderReader, Request, build_response, iter_matches, parse_identifier
+from storage.archive import Layout
+from storage.index import Index
+from storage.matching import Condition, QueryError
+from storage.query import UNIQUE_KEYS, Key, build_query, run
+
+log = logging.getLogger("dicomnode.qr")
+
+FIND_MODELS = {"1.2.840.10008.5.1.4.1.2.1.1": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.1": "STUDY"}
+MOVE_MODELS = {"1.2.840.10008.5.1.4.1.2.1.2": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.2": "STUDY"}
+GET_MODELS = {"1.2.840.10008.5.1.4.1.2.1.3": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.3": "STUDY"}
+
+PENDING, SUCCESS, CANCEL = 0xFF00, 0x0000, 0xFE00
+NOT_AUTHORIZED = 0x0124
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_MISMATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC001
+MOVE_DESTINATION_UNKNOWN = 0xA801
+COMMENT_MAX = 64
+
+
+def status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment.encode("ascii", "replace").decode()[:COMMENT_MAX]
+    return ds
+
+
+class QueryRetrieveSCP:
+    def __init__(self, settings: Settings, layout: Layout, index: Index) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.index = index
+        self.dialect = index.engine.dialect.name
+        substore.install()
+        install_authorization(self.refusal)
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get)]
+
+    # -- who may do what ----------------------------------------------------------
+
+    def refusal(self, calling_aet: str, service: str) -> str | None:
+        """Why a peer may not use a service, or None."""
+        if self.settings.may_use(calling_aet, service):
+            return None
+        return f"{calling_aet} is not allowed {service}"
+
+    # -- C-FIND -------------------------------------------------------------------
+
+    def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        t0 = time.perf_counter()
+        model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID))
+        who = event.assoc.requestor.ae_title
+        try:
+            req = parse_identifier(event.identifier, model or "STUDY", self.settings.pn_case_insensitive)
+        except QueryError as exc:
+            log.warning("C-FIND from %s refused: %s", who, exc)
+            yield status(IDENTIFIER_MISMATCH, str(exc)), None
+            return
+        n = 0
+        limit = self.settings.max_results
+        headers = HeaderReader(self.layout.root)
+        try:
+            with self.index.engine.connect() as conn:
+                for row, header in iter_matches(req, run(conn, req.query, self.dialect), headers):
+                    if event.is_cancelled:
+                        log.info("C-FIND from %s cancelled after %d matches", who, n)
+                        yield CANCEL, None
+                        return
+                    if limit and n >= limit:
+                        log.warning("C-FIND from %s: more than %d matches, answer cut", who, limit)
+                        yield status(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
+                        return
+                    yield PENDING, build_response(req, row, header, self.settings.aet)
+                    n += 1
+        except SQLAlchemyError as exc:
+            log.error("C-FIND from %s failed: %s", who, exc)
+            yield status(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}"), None
+            return
+        log.info("C-FIND %s level from %s: %d matches in %.1f ms", req.query.level, who, n,
+                 (time.perf_counter() - t0) * 1000)
+        yield SUCCESS, None
+
+    # -- C-MOVE and C-GET ----------------------------------------------------------
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        who = event.assoc.requestor.ae_title
+        dest_aet = str(event.move_destination).strip()
+        remote = self.settings.remote_by_aet(dest_aet)
+        if remote is None or "store" not in remote.services:
+            log.warning("C-MOVE from %s to unknown destination %r", who, dest_aet)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+            return
+        files, problem = self._selection(event, MOVE_MODELS)
+        kwargs = {"contexts": substore.contexts_for([(f.SOPClassUID, f.__dict__["archived_syntax"])
+                                                     for f in files] or [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]),
+                  "max_pdu": self.settings.max_pdu}
+        yield remote.host, remote.port, kwargs
+        yield from self._suboperations(event, files, problem, f"C-MOVE from {who} to {dest_aet}")
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        files, problem = self._selection(event, GET_MODELS)
+        yield from self._suboperations(event, files, problem, f"C-GET from {event.assoc.requestor.ae_title}")
+
+    def _suboperations(self, event: Any, files: list[substore.ArchivedFile], problem: Dataset | None,
+                       what: str) -> Iterator[Any]:
+        if problem is not None:
+            # the count must come first; a failure then ends the operation with its comment
+            yield 1
+            yield problem, None
+            return
+        yield len(files)
+        log.info("%s: %d instance(s)", what, len(files))
+        for f in files:
+            if event.is_cancelled:
+                log.info("%s cancelled", what)
+                yield CANCEL, None
+                return
+            yield PENDING, f
+
+    def _selection(self, event: Any, models: dict[str, str]) -> tuple[list[substore.ArchivedFile], Dataset | None]:
+        """The archived instances a retrieve identifier names (by unique keys, lists allowed)."""
+        model = models.get(str(event.request.AffectedSOPClassUID), "STUDY")
+        try:
+            req = parse_identifier(event.identifier, model, self.settings.pn_case_insensitive, hierarchical=False)
+            keys = retrieve_keys(req)
+            query = build_query(model, "IMAGE", keys, hierarchical=False)
+            query.keys += [Key(kw, "", None, "index", "IMAGE")
+                           for kw in ("SOPInstanceUID", "SOPClassUID", "TransferSyntaxUID", "path")]
+            with self.index.engine.connect() as conn:
+                rows = list(run(conn, query, self.dialect))
+        except QueryError as exc:
+            return [], status(IDENTIFIER_MISMATCH, str(exc))
+        except SQLAlchemyError as exc:
+            return [], status(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}")
+        return [substore.ArchivedFile(self.layout.absolute(r["path"]), r["SOPClassUID"], r["SOPInstanceUID"],
+                                      r["TransferSyntaxUID"]) for r in rows], None
+
+
+def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:
+    """A retrieve names what it wants by unique keys (PS3.4 C.4.2.2.1), its own level's first of all.
+
+    Other keys with a value are refused rather than ignored: ignoring
+    Modality=CT next to a StudyInstanceUID would send the whole study.
+    """
+    level = req.query.level
+    given = [(kw, vr, cond) for kw, vr, cond in req.keys if cond is not None]
+    if UNIQUE_KEYS[level] not in {kw for kw, _vr, _c in given}:
+        raise QueryError(f"a {level}-level retrieve needs {UNIQUE_KEYS[level]}")
+    for kw, _vr, _cond in given:
+        if kw not in UNIQUE_KEYS.values():
+            raise QueryError(f"{kw}: a retrieve identifier holds unique keys only")
+    return given
+
+
+# -- authorization ahead of pynetdicom's service loops -----------------------------
+
+_policy: list[Callable[[str, str], str | None]] = []
+
+
+def install_authorization(policy: Callable[[str, str], str | None]) -> None:
+    """Refuse C-FIND/C-MOVE/C-GET of peers the policy names, before any sub-operation starts."""
+    _policy[:] = [policy]
+    if getattr(QueryRetrieveServiceClass, "_dicomnode_guarded", False):
+        return
+    for name, service, primitive in (("_c_find_scp", "find", C_FIND), ("_move_scp", "move", C_MOVE),
+                                     ("_get_scp", "get", C_GET)):
+        setattr(QueryRetrieveServiceClass, name, _guarded(getattr(QueryRetrieveServiceClass, name), service, primitive))
+    QueryRetrieveServiceClass._dicomnode_guarded = True  # type: ignore[attr-defined]
+
+
+def _guarded(original: Callable[..., None], service: str, primitive: type) -> Callable[..., None]:
+    def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
+        why = _policy[0](self.assoc.requestor.ae_title, service) if _policy else None
+        if why is None:
+            return original(self, req, context)
+        log.warning("C-%s refused: %s", service.upper(), why)
+        rsp = primitive()
+        rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        rsp.Status = NOT_AUTHORIZED
+        rsp.ErrorComment = why[:COMMENT_MAX]
+        self.dimse.send_msg(rsp, context.context_id)
+
+    return scp
