@@ -85,7 +85,7 @@ def _send_archived(assoc: Association, item: ArchivedFile, original: Any, **kwar
             raise ValueError(f"the peer takes {UID(sop_class).name} only in "
                              f"{', '.join(UID(s).name for s in syntaxes)}, not as stored ({UID(ts).name})")
         log.info("decompressing %s (%s) for a peer that does not accept it", item.SOPInstanceUID, UID(ts).name)
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # a change of transfer syntax keeps the instance
     return original(assoc, ds, **kwargs)
 
 

@@ -155,7 +155,8 @@ def select_for(q: Query, dialect: str = "sqlite", extra_columns: bool = True) ->
     where = [_where(k, dialect, combined) for k in q.keys
              if k.condition is not None and k.source in ("index", "computed")]
     where += _date_time_ranges(q, dialect, combined)
-    return stmt.where(and_(*[w for w in where if w is not None])).order_by(base.c.id)
+    where = [w for w in where if w is not None]
+    return (stmt.where(and_(*where)) if where else stmt).order_by(base.c.id)
 
 
 def run(conn: Connection, q: Query, dialect: str = "sqlite", batch: int = 500) -> Iterator[dict[str, Any]]:
