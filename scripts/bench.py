@@ -102,7 +102,8 @@ def start_orthanc(work: Path, concurrent: bool = True) -> Server:
     conf = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
             "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-            "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4}
+            "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4,
+            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
     (work / "orthanc.json").write_text(json.dumps(conf))
     proc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], env={**os.environ, "TCP_NODELAY": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -211,15 +212,29 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
+    ap.add_argument("--only", choices=["ingest", "find"], help="run one part (default: both)")
+    ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
+    ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dicomnode-bench-", dir=ROOT / "bench-results"
                                  if (ROOT / "bench-results").is_dir() else None))
     try:
+        results: dict[str, dict[str, float]] = {}
+        if args.only != "ingest" and shutil.which("Orthanc"):
+            import bench_find
+
+            find = bench_find.run(work, args.find_studies, args.find_reps)
+            report(find, title=f"C-FIND, {args.find_studies} studies / {args.find_studies * 10} instances "
+                               "(median ms of one query over its own association; ratio = dicomnode / orthanc)")
+            results.update({f"find: {k}": v for k, v in find.items()})
+            shutil.rmtree(work / "find-data", ignore_errors=True)
+        if args.only == "find":
+            _write(args.out, results)
+            return 0
         print("generating workload ...", file=sys.stderr)
         folders = make_workload(work)
         big = None if args.no_big else write_multiframe(work / "big.dcm", random=False)
-        results: dict[str, dict[str, float]] = {}
         targets: list[tuple[str, Callable[..., Server], bool]] = [
             ("dicomnode", start_node, True), ("storescp", start_storescp, True)]
         if shutil.which("Orthanc"):
@@ -229,22 +244,26 @@ def main() -> int:
             results[name] = run_target(name, start, work, folders, big if with_big else None)
         print("measuring what on-arrival analysis costs the sender ...", file=sys.stderr)
         results["dicomnode, no jobs"] = pipeline_cost(work, folders, args.reps)
-        report(results)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2))
-        print(f"written {args.out}", file=sys.stderr)
+        report({k: v for k, v in results.items() if not k.startswith("find: ")})
+        _write(args.out, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(results: dict[str, dict[str, float]]) -> None:
+def _write(out: Path, results: dict[str, dict[str, float]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2))
+    print(f"written {out}", file=sys.stderr)
+
+
+def report(results: dict[str, dict[str, float]], title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     metrics = list(dict.fromkeys(k for r in results.values() for k in r))
-    t = Table(title="ingest (seconds unless stated; ratio = dicomnode / other); "
-                    "dicomnode analyses every image on arrival, 'no jobs' does not")
+    t = Table(title=title or "ingest (seconds unless stated; ratio = dicomnode / other); "
+                             "dicomnode analyses every image on arrival, 'no jobs' does not")
     t.add_column("metric")
     for name in results:
         t.add_column(name, justify="right")
@@ -255,7 +274,7 @@ def report(results: dict[str, dict[str, float]]) -> None:
             v = r.get(m)
             if v is None:
                 cells.append("-")
-            elif name == "dicomnode" or mine is None:
+            elif name == "dicomnode" or mine is None or not v:
                 cells.append(f"{v:.2f}")
             else:
                 cells.append(f"{v:.2f} ({mine / v:.2f}x)")
