@@ -5,7 +5,10 @@ else there), rich tables and progress bars for people (on stderr where they
 would mix with data), and exit codes scripts can trust:
 
     0 success            1 something failed / inconsistent / not found
-    2 usage or config    3 remote unreachable     4 remote rejected or refused us
+    2 usage or config    3 remote unreachable     4 remote rejected the association
+    5 remote refused the request (status)         6 no answer in time (DIMSE timeout)
+
+The commands that talk to remote nodes are in node/cli_remote.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rich.table import Table
 from node import config as cfg
 from node.peers import Peer, parse_peer
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED, EXIT_REFUSED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5, 6
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dicomnode: a DICOM node that never loses an image.")
@@ -79,7 +82,8 @@ def _timeouts(s: cfg.Settings):  # type: ignore[no-untyped-def]
 
 
 def _association_exit(exc: Exception) -> int:
-    return EXIT_UNREACHABLE if getattr(exc, "kind", "") == "unreachable" else EXIT_REJECTED
+    return {"unreachable": EXIT_UNREACHABLE, "timeout": EXIT_TIMEOUT, "refused": EXIT_REFUSED}.get(
+        getattr(exc, "kind", ""), EXIT_REJECTED)
 
 
 @app.command()
@@ -99,61 +103,6 @@ def serve(
         err.print(f"[red]cannot listen on {s.host}:{s.port}:[/] {exc}")
         raise typer.Exit(EXIT_FAIL) from None
     raise typer.Exit(code)
-
-
-@app.command()
-def echo(peer: Annotated[str, typer.Argument(help="AET@host:port")], config: ConfigOpt = None,
-         aet: AetOpt = None, json_out: JsonOpt = False) -> None:
-    """C-ECHO a remote node and report the round-trip time."""
-    from node.scu import AssociationFailed, echo as c_echo
-
-    s = _settings(config, aet=aet)
-    p = _peer(peer)
-    try:
-        rtt = c_echo(p, s.aet, _timeouts(s))
-    except AssociationFailed as exc:
-        if json_out:
-            _emit_json({"peer": str(p), "ok": False, "error": str(exc), "kind": exc.kind})
-        else:
-            err.print(f"[red]echo failed:[/] {exc}")
-        raise typer.Exit(_association_exit(exc)) from None
-    if json_out:
-        _emit_json({"peer": str(p), "ok": True, "rtt_ms": round(rtt, 3)})
-    else:
-        out.print(f"{p}: C-ECHO success in {rtt:.1f} ms")
-
-
-@app.command()
-def send(peer: Annotated[str, typer.Argument(help="AET@host:port")],
-         paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive)")],
-         config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
-    """C-STORE files to a remote node over one association."""
-    from node.scu import AssociationFailed, iter_files, send as c_send
-
-    s = _settings(config, aet=aet)
-    p = _peer(peer)
-    files = list(iter_files(paths))
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        err.print(f"[red]no such file:[/] {missing[0]}")
-        raise typer.Exit(EXIT_USAGE)
-    with _progress() as bar:
-        task = bar.add_task(f"sending to {p.aet}", total=len(files))
-        try:
-            report = c_send(p, files, s.aet, _timeouts(s), progress=lambda _i: bar.advance(task))
-        except AssociationFailed as exc:
-            err.print(f"[red]send failed:[/] {exc}")
-            raise typer.Exit(_association_exit(exc)) from None
-    rows = [{"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
-             "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment}
-            for i in report.items]
-    summary = {k: report.count(k) for k in ("success", "warning", "failed")}
-    if json_out:
-        _emit_json({"peer": str(p), "summary": summary, "files": rows})
-    else:
-        _status_table(rows, "send")
-        out.print(f"{summary['success']} sent, {summary['warning']} with warnings, {summary['failed']} failed")
-    raise typer.Exit(EXIT_FAIL if summary["failed"] else EXIT_OK)
 
 
 @app.command("import")
@@ -506,6 +455,9 @@ def _write_reports(out_dir: Path, reports: list[dict[str, Any]]) -> None:
     (out_dir / "series_analysis.json").write_text(json.dumps({"series": series}, indent=2))
 
 
+from node import cli_remote  # noqa: E402,F401 - registers the remote commands on app
+
+
 def main() -> None:
     """Console entry point: an unexpected error is one line for the operator, not a traceback.
 
@@ -528,4 +480,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m node.cli`: run the imported module, on whose app node/cli_remote.py registered its commands
+    from node.cli import main as _main
+
+    _main()

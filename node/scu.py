@@ -7,6 +7,7 @@ aborted) so the CLI can give each its own message and exit code.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -77,12 +78,16 @@ def _ae(calling_aet: str, timeouts: Timeouts) -> AE:
     return ae
 
 
-def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Any:
+def _associate(ae: AE, peer: Peer, evt_handlers_extra: list[Any] | None = None, **kwargs: Any) -> Any:
     rejection: list[str] = []
     connected: list[bool] = []
 
-    def on_open(_event: Any) -> None:
+    def on_open(event: Any) -> None:
         connected.append(True)
+        try:  # Nagle off: a request of two PDUs must not wait for the peer's delayed ACK
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
 
     def on_acse_recv(event: Any) -> None:
         prim = event.primitive
@@ -91,7 +96,8 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Any:
 
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet,
-                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_open)],
+                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_open),
+                                           *(evt_handlers_extra or [])],
                              **kwargs)
     except OSError as exc:
         raise AssociationFailed("unreachable", f"{peer}: {exc}") from None

@@ -32,11 +32,12 @@ class Peer:
                 self.proc.wait()
 
 
-def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None) -> Peer:
+def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None,
+                  port: int | None = None) -> Peer:
     """Orthanc with a generated configuration; `modalities` registers peers (name -> [AET, host, port])."""
     need("Orthanc")
     folder.mkdir(parents=True, exist_ok=True)
-    port, http = free_port(), free_port()
+    port, http = port or free_port(), free_port()
     conf = {"Name": "test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
             "DicomAet": aet, "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
@@ -66,3 +67,32 @@ def start_storescp(folder: Path, aet: str = "STORESCP", extra: list[str] | None 
 def store_into(peer: Peer, files: list[Path]) -> None:
     need("storescu")
     run(["storescu", "-aec", peer.aet, "127.0.0.1", str(peer.port), *map(str, files)], check=True, timeout=300)
+
+
+def start_dcmqrscp(folder: Path, aet: str = "DCMQR", hosts: dict[str, tuple[str, int]] | None = None) -> Peer:
+    """DCMTK dcmqrscp serving (and accepting C-STORE into) one storage area.
+
+    hosts: move destinations it knows, symbolic name -> (AE title, port) on 127.0.0.1.
+    """
+    need("dcmqrscp")
+    area = folder / "db"
+    area.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    host_lines = "\n".join(f"{name} = ({title}, 127.0.0.1, {p})" for name, (title, p) in (hosts or {}).items())
+    (folder / "dcmqrscp.cfg").write_text(f"""NetworkTCPPort = {port}
+MaxPDUSize = 16384
+MaxAssociations = 16
+HostTable BEGIN
+{host_lines}
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+{aet} {area} RW (200, 1024mb) ANY
+AETable END
+""")
+    log = open(folder / "dcmqrscp.log", "w")
+    proc = subprocess.Popen(["dcmqrscp", "-c", str(folder / "dcmqrscp.cfg"), "--disable-host-lookup"],
+                            stdout=log, stderr=log, cwd=folder)
+    wait_port(port)
+    return Peer("dcmqrscp", proc, port, aet, area)
