@@ -225,6 +225,9 @@ def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance 
         row["path"] = str(layout.absolute(row["path"]))
         rp = report_path(Path(row["path"]))
         row["analysis_report"] = str(rp) if rp.exists() else None
+        links = index.derived(uid)
+        row["derived"] = [f"{d['kind']}: {d['uid'] or d['path']}" for d in links["derived"]]
+        row["derived_from"] = [f"{d['kind']} from {d['source_uid']}" for d in links["derived_from"]]
         try:
             header = read_header(Path(row["path"]))
             header_text = str(header.meta) + "\n" + str(header.ds)

@@ -1,4 +1,4 @@
-"""`dicomnode` commands that talk to remote nodes: remotes, echo, send, find, move, get.
+"""`dicomnode` commands that talk to remote nodes (remotes, echo, send, find, move, get), and anonymize.
 
 A remote is named by its [remotes.NAME] in the configuration or written
 out as AET@host:port. A configured remote is only used for the services
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -280,3 +281,55 @@ def get(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")
             err.print(f"[red]not archived[/] {prob['SOPInstanceUID']}: {prob['status']} {prob['comment']}")
     raise typer.Exit(EXIT_FAIL if r.failed or problems or r.status not in (0x0000, 0xB000) else EXIT_OK)
 
+
+
+@app.command()
+def anonymize(targets: Annotated[list[str], typer.Argument(help="files, folders (recursive) or archive UIDs")],
+              out_dir: Annotated[Path, typer.Option("-o", "--out", help="folder for the de-identified files")],
+              option: Annotated[Optional[list[str]], typer.Option(
+                  "--option", help="PS3.15 E option, repeatable: retain-safe-private, retain-uids, "
+                  "retain-device-identity, retain-institution-identity, retain-patient-characteristics, "
+                  "retain-long-full-dates, retain-long-modified-dates, clean-descriptors, "
+                  "clean-structured-content, clean-graphics")] = None,
+              key_file: Annotated[Optional[Path], typer.Option("--key-file", help="secret pseudonym key "
+                                                               "(default: the node's, made on first use)")] = None,
+              config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+              json_out: JsonOpt = False) -> None:
+    """De-identify files or archived instances (PS3.15 Annex E basic profile and options) into a folder."""
+    from node.anonymize import AnonymizeError, Pseudonyms, Settings as Profile, anonymize_file, load_key
+    from node.scu import iter_files
+
+    s = _settings(config, storage=storage, db=db)
+    opts = [o.replace("-", "_") for o in (option or s.anonymize_options)]
+    try:
+        profile = Profile(frozenset(opts), s.patient_prefix)
+        pseudo = Pseudonyms(load_key(key_file or s.key_path))
+    except (AnonymizeError, OSError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+    files = _resolve_targets(targets, config, storage, db, iter_files)
+    rows = []
+    with _progress() as bar:
+        task = bar.add_task("anonymizing", total=len(files))
+        for f in files:
+            try:
+                tmp = out_dir / f".incoming-{f.name}"
+                r = anonymize_file(f, tmp, profile, pseudo)
+                final = out_dir / f"{r.sop_instance_uid}.dcm"  # nothing of the original in the name
+                tmp.replace(final)
+                rows.append({"path": str(f), "state": "success", "status": "", "output": str(final),
+                             "SOPInstanceUID": r.sop_instance_uid, "burned_in_risk": r.burned_in_risk,
+                             "comment": r.burned_in_risk})
+            except Exception as exc:  # one bad file must not stop the batch
+                rows.append({"path": str(f), "state": "failed", "status": "", "output": None,
+                             "comment": f"{type(exc).__name__}: {exc}"})
+            bar.advance(task)
+    failed = sum(1 for r in rows if r["state"] == "failed")
+    if json_out:
+        _emit_json({"summary": {"anonymized": len(rows) - failed, "failed": failed}, "files": rows})
+    else:
+        _status_table(rows, "anonymize")
+        risky = sum(1 for r in rows if r.get("burned_in_risk"))
+        out.print(f"{len(rows) - failed} anonymized into {out_dir}, {failed} failed"
+                  + (f"; {risky} may show burned-in text (pixel data is not cleaned)" if risky else ""))
+    raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)

@@ -25,7 +25,7 @@ def _setting(section: str, default: Any, help: str) -> Any:
     return field(default_factory=lambda: default, metadata={"section": section, "help": help})
 
 
-ACTIONS = ("analyze",)  # plus forward:NAME; later issues add convert and anonymize
+ACTIONS = ("analyze", "anonymize")  # plus forward:NAME and anonymize+forward:NAME; convert comes later
 SERVICES = ("store", "find", "move", "get")
 
 
@@ -79,12 +79,23 @@ class Settings:
     max_attempts: int = _setting("pipeline", 10, "attempts before a job stays failed")
     retry_base_seconds: float = _setting("pipeline", 2.0, "first retry delay; doubles per attempt, at most 300 s")
     default_actions: list[str] = _setting("pipeline", ["analyze"], "actions for every instance when no rule is set")
+    anonymize_options: list[str] = _setting("anonymize", [], "PS3.15 E options, e.g. retain_uids, clean_descriptors")
+    key_file: str = _setting("anonymize", "", "secret pseudonym key; empty = <storage>/secret/anonymize.key")
+    patient_prefix: str = _setting("anonymize", "ANON", "prefix of pseudonymous PatientID / PatientName")
+    to_archive: bool = _setting("anonymize", True, "archive the de-identified instance (linked to its original)")
+    to_folder: str = _setting("anonymize", "", "also write de-identified instances into this folder")
+    delete_original: bool = _setting("anonymize", False, "remove the original once its de-identified copy is safe")
+    hold_burned_in: bool = _setting("anonymize", True, "do not forward instances that may show burned-in text")
     rules: list["Rule"] = field(default_factory=list, metadata={"section": "pipeline", "help": "[[pipeline.rules]]"})
     remotes: dict[str, "Remote"] = field(default_factory=dict, metadata={"section": "remotes", "help": "[remotes.NAME]"})
 
     @property
     def storage_path(self) -> Path:
         return Path(self.storage).expanduser()
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.key_file).expanduser() if self.key_file else self.storage_path / "secret" / "anonymize.key"
 
     @property
     def db_url(self) -> str | None:
@@ -151,7 +162,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
                 out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
             elif known.get(key) == section:
                 out[key] = value
-            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline"}:
+            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline", "anonymize"}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
 
@@ -237,10 +248,16 @@ def _validate(s: Settings) -> None:
     for actions in [s.default_actions, *(r.actions for r in s.rules)]:
         for a in actions:
             kind, _, target = a.partition(":")
-            if kind == "forward":
+            if kind in ("forward", "anonymize+forward"):
                 if target not in s.remotes:
                     raise ConfigError(f"action {a!r}: no [remotes.{target}] configured")
                 if "store" not in s.remotes[target].services:
                     raise ConfigError(f"action {a!r}: remote {target} is not allowed the store service")
             elif a not in ACTIONS:
-                raise ConfigError(f"unknown action {a!r}: {', '.join(ACTIONS)} or forward:NAME")
+                raise ConfigError(f"unknown action {a!r}: {', '.join(ACTIONS)}, forward:NAME or "
+                                  "anonymize+forward:NAME")
+    from node.deid_profile import OPTIONS
+
+    unknown = [o for o in s.anonymize_options if o.replace("-", "_") not in OPTIONS]
+    if unknown:
+        raise ConfigError(f"anonymize_options: unknown {unknown}; known: {', '.join(OPTIONS)}")

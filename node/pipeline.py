@@ -9,8 +9,10 @@ Actions, each idempotent (running one twice leaves the same result):
     analyze         the pixel-data report beside the file (<file>.analysis.json)
                     and its key figures in the instance row
     forward:NAME    C-STORE the instance to [remotes.NAME]
-Later issues add convert and anonymize: a function in ACTIONS and a name in
-node.config.ACTIONS.
+    anonymize       de-identified copy (PS3.15 E, node/anonymize.py) into the
+                    archive (linked to its original), a folder, or both
+    anonymize+forward:NAME  the same, and the copy C-STOREd to [remotes.NAME]
+A new action is a function in ACTIONS and a name in node.config.ACTIONS.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +95,39 @@ class Worker:
             code = "no response" if item.status is None else f"0x{item.status:04X}"
             raise RuntimeError(f"{remote.aet} answered {code}: {item.comment}")
 
+    def anonymize(self, path: Path, target: str, job: ClaimedJob) -> None:
+        """De-identify; the copy goes where [anonymize] says, each step safe to repeat."""
+        from node.anonymize import Pseudonyms, Settings as Profile, anonymize_file, load_key
+        from storage.ingest import Ingester
+
+        s = self.settings
+        profile = Profile(frozenset(o.replace("-", "_") for o in s.anonymize_options), s.patient_prefix)
+        pseudo = Pseudonyms(load_key(s.key_path))
+        out = self.layout.tmp / f"anonymized-{os.getpid()}-{job.id}.dcm"
+        try:
+            result = anonymize_file(path, out, profile, pseudo)
+            if s.to_folder:
+                _copy_durably(out, Path(s.to_folder) / f"{result.sop_instance_uid}.dcm")
+            if s.to_archive:
+                # the copy gets the analysis, never another anonymize (which would loop)
+                ing = Ingester(self.layout, self.index, plan=lambda *_: ["analyze"] if "analyze" in
+                               (s.default_actions + [a for r in s.rules for a in r.actions]) else [])
+                stored = ing.import_file(out)
+                if not stored.ok:
+                    raise RuntimeError(f"archiving the de-identified copy failed: {stored.comment}")
+                self.index.record_derived(job.sop_instance_uid, "anonymized", result.sop_instance_uid)
+            if target:
+                if result.burned_in_risk and s.hold_burned_in:
+                    raise PermanentError(f"held back from {target}: {result.burned_in_risk} "
+                                         "(pixel data is not cleaned; hold_burned_in = false to send anyway)")
+                self.forward(out, target, job)
+        finally:
+            out.unlink(missing_ok=True)
+        if s.delete_original:
+            for rel in self.index.delete(job.sop_instance_uid):
+                durable.remove(self.layout.absolute(rel))
+                durable.remove(report_path(self.layout.absolute(rel)))
+
     def step(self) -> bool:
         """Claim a batch, run it, record the outcomes; True when the batch was full (more may wait)."""
         batch = self.queue.claim(BATCH)
@@ -143,7 +179,20 @@ class Worker:
 ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], dict | None]] = {
     "analyze": Worker.analyze,
     "forward": Worker.forward,
+    "anonymize": Worker.anonymize,
+    "anonymize+forward": Worker.anonymize,
 }
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(src, "rb") as a, open(tmp, "wb") as b:
+        shutil.copyfileobj(a, b, 1 << 20)
+        b.flush()
+        os.fsync(b.fileno())
+    os.replace(tmp, dst)
+    durable.fsync_dir(dst.parent)
 
 
 def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchronize.Event",

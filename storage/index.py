@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import writer
 from storage.jobs import enqueue
-from storage.models import LEVELS, Base, Instance, Patient, Series, Study, dicom_keywords, now
+from storage.models import LEVELS, Base, DerivedObject, Instance, Patient, Series, Study, dicom_keywords, now
 
 WRITE_RETRIES = 5
 
@@ -143,7 +143,24 @@ class Index:
                 n += 1
         return n
 
+    def record_derived(self, source_uid: str, kind: str, uid: str | None = None, path: str | None = None) -> None:
+        """Link something made from an instance to it (idempotent: a job may run twice)."""
+        with self.writing_connection() as conn:
+            exists_ = conn.scalar(select(DER.c.id).where(DER.c.source_uid == source_uid, DER.c.kind == kind,
+                                                         DER.c.uid == uid))
+            if exists_ is None:
+                conn.execute(insert(DER).values(source_uid=source_uid, kind=kind, uid=uid, path=path, created_at=now()))
+
     # -- reads ------------------------------------------------------------
+
+    def derived(self, uid: str) -> dict[str, list[dict[str, Any]]]:
+        """What was made from an instance, and what an instance was made from."""
+        with self.engine.connect() as conn:
+            made = [dict(r._mapping) for r in conn.execute(
+                select(DER.c.kind, DER.c.uid, DER.c.path, DER.c.created_at).where(DER.c.source_uid == uid))]
+            src = [dict(r._mapping) for r in conn.execute(
+                select(DER.c.kind, DER.c.source_uid, DER.c.created_at).where(DER.c.uid == uid))]
+        return {"derived": made, "derived_from": src}
 
     def instance_path(self, sop_instance_uid: str) -> str | None:
         """The archive-relative path of an instance (one indexed lookup, for the workers)."""
@@ -194,6 +211,7 @@ class Index:
 
 
 PAT, STU, SER, INS = (m.__table__ for m in (Patient, Study, Series, Instance))
+DER = DerivedObject.__table__
 
 
 def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime) -> int:

@@ -172,3 +172,16 @@ def integer_columns(model: type[Base]) -> frozenset[str]:
 def is_dicom_keyword(name: str) -> bool:
     tag = tag_for_keyword(name)
     return tag is not None and keyword_for_tag(tag) == name
+
+
+class DerivedObject(Base):
+    """Something made from an archived instance: a de-identified instance, later conversions."""
+
+    __tablename__ = "derived"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_uid: Mapped[str] = mapped_column(Str, index=True)  # SOP Instance UID of the original
+    kind: Mapped[str] = mapped_column(Str)  # anonymized | ...
+    uid: Mapped[str | None] = mapped_column(Str, index=True)  # SOP Instance UID of a derived instance
+    path: Mapped[str | None] = mapped_column(Str)  # a derived file outside the hierarchy, if any
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("source_uid", "kind", "uid", name="uq_derived"),)
