@@ -278,3 +278,38 @@ def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ig
     orig_uid = str(dcmread(files[0]).SOPInstanceUID)
     shown = json.loads(node.cli("show", orig_uid, "--json").stdout)
     assert shown["derived"] and shown["derived"][0].startswith("anonymized: 2.25.")
+
+
+def test_burned_in_risk_is_held_back_from_forwarding(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from datagen import write_ct_series
+    from peers import start_storescp
+
+    dest = start_storescp(tmp_path / "dest", aet="RESEARCH")
+    try:
+        conf = tmp_path / "node.toml"
+        conf.write_text(f'[pipeline]\ndefault_actions = ["anonymize+forward:RESEARCH"]\n'
+                        f'[remotes.RESEARCH]\naet = "RESEARCH"\nhost = "127.0.0.1"\nport = {dest.port}\n')
+        node = make_node(extra=["--config", str(conf)])
+        ct = write_ct_series(tmp_path / "ct", n=1, rows=8, cols=8)[0]
+        us = dcmread(ct)
+        us.Modality = "US"
+        us.SOPInstanceUID = generate_uid()
+        us.file_meta.MediaStorageSOPInstanceUID = us.SOPInstanceUID
+        us.save_as(tmp_path / "us.dcm")
+        assert storescu(node, ct, tmp_path / "us.dcm").returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            jobs = json.loads(node.cli("jobs", "--json").stdout)["jobs"]
+            if jobs and all(j["state"] in ("done", "failed") for j in jobs):
+                break
+            time.sleep(0.5)
+        states = {j["state"] for j in jobs}
+        assert states == {"done", "failed"}, jobs
+        failed = next(j for j in jobs if j["state"] == "failed")
+        assert "held back" in failed["last_error"] and "US" in failed["last_error"]
+        received = [dcmread(f) for f in dest.folder.iterdir()]
+        assert len(received) == 1 and received[0].Modality == "CT" and received[0].PatientIdentityRemoved == "YES"
+    finally:
+        dest.stop()
