@@ -1,4 +1,5 @@
-"""`dicomnode` commands that talk to remote nodes (remotes, echo, send, find, move, get), and anonymize.
+"""`dicomnode` commands that talk to remote nodes (remotes, echo, send, find, move, get), and the
+file-making ones (anonymize, convert).
 
 A remote is named by its [remotes.NAME] in the configuration or written
 out as AET@host:port. A configured remote is only used for the services
@@ -333,3 +334,80 @@ def anonymize(targets: Annotated[list[str], typer.Argument(help="files, folders 
         out.print(f"{len(rows) - failed} anonymized into {out_dir}, {failed} failed"
                   + (f"; {risky} may show burned-in text (pixel data is not cleaned)" if risky else ""))
     raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+@app.command()
+def convert(targets: Annotated[list[str], typer.Argument(help="files, folders (recursive) or archive UIDs")],
+            out_dir: Annotated[Path, typer.Option("-o", "--out", help="output folder")],
+            fmt: Annotated[str, typer.Option("--format", "-f", help="png | mp4 | gif | txt | json | all")] = "all",
+            eight_bit: Annotated[bool, typer.Option("--8bit", help="8-bit grey PNG (default 16-bit)")] = False,
+            fps: Annotated[Optional[float], typer.Option("--fps", help="video frame rate (default: from the data set, else 10)")] = None,
+            frame: Annotated[Optional[int], typer.Option("--frame", help="only this frame (1-based), as PNG")] = None,
+            window: Annotated[Optional[str], typer.Option("--window", help="C,W: window center and width")] = None,
+            no_gif: Annotated[bool, typer.Option("--no-gif", help="no GIF for multi-frame objects")] = False,
+            no_mp4: Annotated[bool, typer.Option("--no-mp4", help="no MP4 for multi-frame objects")] = False,
+            config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+            json_out: JsonOpt = False) -> None:
+    """Convert to PNG (16/8-bit), MP4 and GIF (multi-frame), text and JSON metadata, plus series thumbnails."""
+    from node.convert import FORMATS, Options, convert_file, thumbnail
+    from node.display import DisplayError, Window
+    from node.scu import iter_files
+    from storage.archive import uid_hash
+
+    formats = set(FORMATS) if fmt == "all" else {f.strip() for f in fmt.split(",")}
+    if not formats <= set(FORMATS):
+        err.print(f"[red]--format {fmt!r}:[/] png, mp4, gif, txt, json or all (comma-separated)")
+        raise typer.Exit(EXIT_USAGE)
+    formats -= {"gif"} if no_gif else set()
+    formats -= {"mp4"} if no_mp4 else set()
+    win = None
+    if window:
+        try:
+            c, w = (float(x) for x in window.split(","))
+            win = Window(c, w)
+        except ValueError:
+            err.print(f"[red]--window {window!r}:[/] expected CENTER,WIDTH, e.g. --window 40,400")
+            raise typer.Exit(EXIT_USAGE) from None
+    opts = Options(frozenset(formats), 8 if eight_bit else 16, fps, frame, win)
+    files = _resolve_targets(targets, config, storage, db, iter_files)
+    rows = []
+    used: set[str] = set()
+    thumbs: set[str] = set()
+    with _progress() as bar:
+        task = bar.add_task("converting", total=len(files))
+        for f in files:
+            stem = f.stem if f.stem not in used else f"{f.stem}_{len(used)}"
+            used.add(stem)
+            try:
+                made = convert_file(f, out_dir, stem, opts)
+                series = str(getattr(_series_of(f), "SeriesInstanceUID", "") or "")
+                if series and series not in thumbs and {"png", "mp4", "gif"} & formats:
+                    thumbs.add(series)
+                    try:
+                        made.files.append(thumbnail(f, out_dir / "thumbnails" / f"{uid_hash(series)}.png"))
+                    except DisplayError:
+                        pass
+                rows.append({"path": str(f), "state": "success", "status": "", "frames": made.frames,
+                             "outputs": [str(p) for p in made.files], "comment": "; ".join(made.notes)})
+            except DisplayError as exc:
+                rows.append({"path": str(f), "state": "failed", "status": "", "outputs": [], "comment": str(exc)})
+            except Exception as exc:  # one bad file never stops the batch
+                rows.append({"path": str(f), "state": "failed", "status": "", "outputs": [],
+                             "comment": f"{type(exc).__name__}: {exc}"})
+            bar.advance(task)
+    failed = sum(1 for r in rows if r["state"] == "failed")
+    if json_out:
+        _emit_json({"summary": {"converted": len(rows) - failed, "failed": failed}, "files": rows})
+    else:
+        _status_table(rows, "convert")
+        out.print(f"{len(rows) - failed} converted into {out_dir}, {failed} failed")
+    raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def _series_of(path: Path) -> Any:
+    from pydicom import dcmread
+
+    try:
+        return dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
+    except Exception:
+        return None

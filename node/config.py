@@ -25,7 +25,7 @@ def _setting(section: str, default: Any, help: str) -> Any:
     return field(default_factory=lambda: default, metadata={"section": section, "help": help})
 
 
-ACTIONS = ("analyze", "anonymize")  # plus forward:NAME and anonymize+forward:NAME; convert comes later
+ACTIONS = ("analyze", "anonymize", "convert")  # plus forward:NAME and anonymize+forward:NAME
 SERVICES = ("store", "find", "move", "get")
 
 
@@ -86,6 +86,10 @@ class Settings:
     to_folder: str = _setting("anonymize", "", "also write de-identified instances into this folder")
     delete_original: bool = _setting("anonymize", False, "remove the original once its de-identified copy is safe")
     hold_burned_in: bool = _setting("anonymize", True, "do not forward instances that may show burned-in text")
+    convert_formats: list[str] = _setting("convert", ["png", "mp4", "gif", "txt", "json"],
+                                          "outputs of the convert action: png, mp4, gif, txt, json")
+    png_bits: int = _setting("convert", 16, "grey PNG depth: 16 or 8")
+    fps: float = _setting("convert", 0.0, "frame rate of videos; 0 = from the data set (else 10)")
     rules: list["Rule"] = field(default_factory=list, metadata={"section": "pipeline", "help": "[[pipeline.rules]]"})
     remotes: dict[str, "Remote"] = field(default_factory=dict, metadata={"section": "remotes", "help": "[remotes.NAME]"})
 
@@ -162,7 +166,8 @@ def _from_toml(path: Path) -> dict[str, Any]:
                 out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
             elif known.get(key) == section:
                 out[key] = value
-            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline", "anonymize"}:
+            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline", "anonymize",
+                             "convert"}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
 
@@ -256,6 +261,11 @@ def _validate(s: Settings) -> None:
             elif a not in ACTIONS:
                 raise ConfigError(f"unknown action {a!r}: {', '.join(ACTIONS)}, forward:NAME or "
                                   "anonymize+forward:NAME")
+    bad = [f for f in s.convert_formats if f not in ("png", "mp4", "gif", "txt", "json")]
+    if bad:
+        raise ConfigError(f"convert_formats: unknown {bad}; png, mp4, gif, txt, json")
+    if s.png_bits not in (8, 16):
+        raise ConfigError("png_bits: 8 or 16")
     from node.deid_profile import OPTIONS
 
     unknown = [o for o in s.anonymize_options if o.replace("-", "_") not in OPTIONS]

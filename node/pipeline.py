@@ -12,6 +12,8 @@ Actions, each idempotent (running one twice leaves the same result):
     anonymize       de-identified copy (PS3.15 E, node/anonymize.py) into the
                     archive (linked to its original), a folder, or both
     anonymize+forward:NAME  the same, and the copy C-STOREd to [remotes.NAME]
+    convert         PNG / MP4 / GIF / text / JSON in <storage>/derived/..., and a
+                    thumbnail per series, recorded in the index (node/convert.py)
 A new action is a function in ACTIONS and a name in node.config.ACTIONS.
 """
 
@@ -128,6 +130,28 @@ class Worker:
                 durable.remove(self.layout.absolute(rel))
                 durable.remove(report_path(self.layout.absolute(rel)))
 
+    def convert(self, path: Path, _target: str, job: ClaimedJob) -> None:
+        """Outputs beside the archive (derived/, same hashed layout), each recorded for `show`."""
+        from node.convert import Options, convert_file, thumbnail
+        from node.display import DisplayError
+
+        s = self.settings
+        rel = Path(self.layout.relative(path))
+        folder = self.layout.root / "derived" / rel.parent
+        stem = rel.stem
+        opts = Options(frozenset(s.convert_formats), s.png_bits, s.fps or None)
+        try:
+            made = convert_file(path, folder, stem, opts)
+        except DisplayError as exc:
+            raise PermanentError(f"cannot convert: {exc}") from None
+        if {"png", "mp4", "gif"} & opts.formats and not (folder / "thumbnail.png").exists():
+            try:
+                made.files.append(thumbnail(path, folder / "thumbnail.png"))
+            except DisplayError:
+                pass  # not an image: metadata only
+        for f in made.files:
+            self.index.record_derived(job.sop_instance_uid, f.suffix.lstrip("."), None, self.layout.relative(f))
+
     def step(self) -> bool:
         """Claim a batch, run it, record the outcomes; True when the batch was full (more may wait)."""
         batch = self.queue.claim(BATCH)
@@ -181,6 +205,7 @@ ACTIONS: dict[str, Callable[[Worker, Path, str, ClaimedJob], dict | None]] = {
     "forward": Worker.forward,
     "anonymize": Worker.anonymize,
     "anonymize+forward": Worker.anonymize,
+    "convert": Worker.convert,
 }
 
 
