@@ -17,7 +17,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels, pixel_array
 
 AUTO_PERCENTILES = (0.5, 99.5)
 
@@ -77,7 +77,7 @@ def frames(path: Path, window: Window | None = None, indices: list[int] | None =
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     produced = False
     last_error: Exception | None = None
-    for plugin in ("", "gdcm"):
+    for plugin in ("", "gdcm", "frame-by-index", "whole-dataset"):
         try:
             for i, arr in zip(indices or range(frame_count(ds)), _iter(path, plugin, indices)):
                 produced = True
@@ -96,6 +96,14 @@ def frames(path: Path, window: Window | None = None, indices: list[int] | None =
 
 
 def _iter(path: Path, plugin: str, indices: list[int] | None) -> Iterator[np.ndarray]:
+    """pydicom's streaming decoder; GDCM's; pydicom's one-frame-at-a-time path, whose post-processing
+    copes with J2K sign mismatches that trip the streaming one; last, the whole data set as parsed
+    (files whose header pydicom had to repair, e.g. implicit VR under an explicit transfer syntax)."""
+    if plugin == "whole-dataset":  # a header pydicom had to repair: decode from the parsed data set
+        return iter_pixels(dcmread(path, force=True), indices=indices)
+    if plugin == "frame-by-index":
+        n = frame_count(header(path))
+        return (pixel_array(path, index=i) for i in (indices if indices is not None else range(n)))
     kwargs = {"decoding_plugin": plugin} if plugin else {}
     return iter_pixels(path, indices=indices, **kwargs)
 
