@@ -212,7 +212,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
-    ap.add_argument("--only", choices=["ingest", "find"], help="run one part (default: both)")
+    ap.add_argument("--only", choices=["ingest", "find", "convert"], help="run one part (default: all)")
     ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
     ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     args = ap.parse_args()
@@ -221,7 +221,7 @@ def main() -> int:
                                  if (ROOT / "bench-results").is_dir() else None))
     try:
         results: dict[str, dict[str, float]] = {}
-        if args.only != "ingest" and shutil.which("Orthanc"):
+        if args.only in (None, "find") and shutil.which("Orthanc"):
             import bench_find
 
             find = bench_find.run(work, args.find_studies, args.find_reps)
@@ -229,7 +229,14 @@ def main() -> int:
                                "(median ms of one query over its own association; ratio = dicomnode / orthanc)")
             results.update({f"find: {k}": v for k, v in find.items()})
             shutil.rmtree(work / "find-data", ignore_errors=True)
-        if args.only == "find":
+        if args.only in (None, "convert"):
+            import bench_convert
+
+            print("measuring conversion (200-frame 512x512 cine) ...", file=sys.stderr)
+            conv = bench_convert.run(work)
+            report(conv, title="convert: MP4 (H.264) against GIF, same 200-frame cine loop")
+            results.update({f"convert: {k}": v for k, v in conv.items()})
+        if args.only in ("find", "convert"):
             _write(args.out, results)
             return 0
         print("generating workload ...", file=sys.stderr)
@@ -244,7 +251,7 @@ def main() -> int:
             results[name] = run_target(name, start, work, folders, big if with_big else None)
         print("measuring what on-arrival analysis costs the sender ...", file=sys.stderr)
         results["dicomnode, no jobs"] = pipeline_cost(work, folders, args.reps)
-        report({k: v for k, v in results.items() if not k.startswith("find: ")})
+        report({k: v for k, v in results.items() if not k.startswith(("find: ", "convert: "))})
         _write(args.out, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
