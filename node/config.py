@@ -78,6 +78,8 @@ class Settings:
     workers: int = _setting("pipeline", 2, "worker threads running on-arrival jobs (0 = none)")
     max_attempts: int = _setting("pipeline", 10, "attempts before a job stays failed")
     retry_base_seconds: float = _setting("pipeline", 2.0, "first retry delay; doubles per attempt, at most 300 s")
+    defer_while_receiving: float = _setting("pipeline", 60.0, "seconds jobs may wait while images are arriving "
+                                            "(0 = never wait)")
     default_actions: list[str] = _setting("pipeline", ["analyze"], "actions for every instance when no rule is set")
     anonymize_options: list[str] = _setting("anonymize", [], "PS3.15 E options, e.g. retain_uids, clean_descriptors")
     key_file: str = _setting("anonymize", "", "secret pseudonym key; empty = <storage>/secret/anonymize.key")

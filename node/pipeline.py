@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from node.analyze import analyze_file, summary
 from node.config import Settings
@@ -42,6 +43,30 @@ REPORT_SUFFIX = ".analysis.json"
 IDLE_POLL_SECONDS = 0.25
 BATCH = 8  # jobs claimed, and their outcomes recorded, per index transaction
 
+
+
+class Activity:
+    """What the receiving process is doing, shared with the worker process without locks.
+
+    The receiver stamps every stored object and counts open associations; the
+    workers hold back while objects are arriving (up to defer_while_receiving
+    seconds), because even at idle CPU priority their reads and fsyncs share
+    the disk with the receiver's.
+    """
+
+    QUIET_AFTER_STORE = 0.3  # s without a store: the sender has paused
+    IDLE_ASSOCIATION = 2.0  # s without a store on an open association: it idles
+
+    def __init__(self, ctx: Any) -> None:
+        self.last_store = ctx.Value("d", 0.0, lock=False)
+        self.open_associations = ctx.Value("i", 0, lock=False)
+
+    def stored(self) -> None:
+        self.last_store.value = time.monotonic()
+
+    def busy(self) -> bool:
+        since = time.monotonic() - self.last_store.value
+        return since < self.QUIET_AFTER_STORE or (self.open_associations.value > 0 and since < self.IDLE_ASSOCIATION)
 
 
 class PermanentError(Exception):
@@ -186,8 +211,17 @@ class Worker:
                  (time.perf_counter() - t0) * 1000)
         return Outcome(job, figures=figures)
 
-    def loop(self, stop: Callable[[], bool]) -> None:
+    def loop(self, stop: Callable[[], bool], activity: Activity | None = None) -> None:
+        deferred_since: float | None = None
         while not stop():
+            if activity is not None and self.settings.defer_while_receiving > 0 and activity.busy():
+                now = time.monotonic()
+                deferred_since = deferred_since or now
+                if now - deferred_since < self.settings.defer_while_receiving:
+                    time.sleep(0.1)
+                    continue
+            else:
+                deferred_since = None
             try:
                 busy = self.step()
             except Exception:  # the database went away for a moment: wait, do not die
@@ -221,7 +255,7 @@ def _copy_durably(src: Path, dst: Path) -> None:
 
 
 def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchronize.Event",
-                        ready_event: "multiprocessing.synchronize.Event") -> None:
+                        ready_event: "multiprocessing.synchronize.Event", activity: Activity | None = None) -> None:
     """Entry point of the worker process: `settings.workers` threads until told to stop."""
     from node.serve import setup_logging
 
@@ -233,7 +267,7 @@ def worker_process_main(settings: Settings, stop_event: "multiprocessing.synchro
         return stop_event.is_set() or os.getppid() != parent
 
     # one Worker per thread: a Worker keeps the files of the batch it is running
-    threads = [threading.Thread(target=Worker(settings, layout, index).loop, args=(stop,), name=f"worker-{i}",
+    threads = [threading.Thread(target=Worker(settings, layout, index).loop, args=(stop, activity), name=f"worker-{i}",
                                 daemon=True) for i in range(settings.workers)]
     for t in threads:
         t.start()
@@ -260,7 +294,8 @@ class WorkerProcess:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
         self._ready = ctx.Event()
-        self._proc = ctx.Process(target=worker_process_main, args=(settings, self._stop, self._ready),
+        self.activity = Activity(ctx)
+        self._proc = ctx.Process(target=worker_process_main, args=(settings, self._stop, self._ready, self.activity),
                                  name="dicomnode-workers", daemon=False)
 
     def start(self, timeout: float = 60) -> None:

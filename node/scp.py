@@ -77,9 +77,10 @@ class _CheaplyCopiedContext(PresentationContext):
 class StorageSCP:
     """Binds the network events to the archive's ingest path."""
 
-    def __init__(self, settings: Settings, ingester: Ingester) -> None:
+    def __init__(self, settings: Settings, ingester: Ingester, activity: Any = None) -> None:
         self.settings = settings
         self.ingester = ingester
+        self.activity = activity  # pipeline.Activity: lets the workers hold back while images arrive
         self.in_flight = InFlight()
         self._stats: dict[int, AssocStats] = {}
         self._lock = threading.Lock()
@@ -140,6 +141,8 @@ class StorageSCP:
     def on_accepted(self, event: Any) -> None:
         with self._lock:
             self._stats[id(event.assoc)] = AssocStats()
+            if self.activity is not None:
+                self.activity.open_associations.value += 1
 
     def on_rejected(self, event: Any) -> None:
         a = event.assoc
@@ -148,6 +151,8 @@ class StorageSCP:
     def on_closed(self, event: Any) -> None:
         with self._lock:
             st = self._stats.pop(id(event.assoc), None)
+            if st is not None and self.activity is not None:
+                self.activity.open_associations.value -= 1
         if st is None:
             return
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
@@ -181,6 +186,8 @@ class StorageSCP:
                 peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
             )
         self._record(event.assoc, out, sink.size)
+        if self.activity is not None:
+            self.activity.stored()
         ms = (time.perf_counter() - t0) * 1000
         cls = UID(str(req.AffectedSOPClassUID)).name
         if out.ok:

@@ -40,7 +40,7 @@ def serve(settings: Settings) -> int:
     workers = WorkerProcess(settings) if settings.workers > 0 else None
     if workers:
         workers.start()
-    scp = StorageSCP(settings, ingester)
+    scp = StorageSCP(settings, ingester, workers.activity if workers else None)
     qr = QueryRetrieveSCP(settings, layout, index)
     ae = scp.build_ae()
     stop = threading.Event()

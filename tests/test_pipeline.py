@@ -171,3 +171,21 @@ port = 104
         assert "NOWHERE" in str(exc)
     else:
         raise AssertionError("an action naming an unknown remote must be refused")
+
+
+def test_workers_hold_back_while_images_arrive() -> None:
+    """The receiver's stamps make the workers wait; a pause of the sender lets them run."""
+    import multiprocessing
+    import time as _time
+
+    from node.pipeline import Activity
+
+    a = Activity(multiprocessing.get_context("spawn"))
+    assert not a.busy()
+    a.stored()
+    assert a.busy()
+    a.open_associations.value = 1
+    a.last_store.value = _time.monotonic() - 1.0  # an open association that stored a second ago
+    assert a.busy()
+    a.last_store.value = _time.monotonic() - 5.0  # ... and has idled since
+    assert not a.busy()
