@@ -96,6 +96,7 @@ class QueryRetrieveSCP:
                         log.warning("C-FIND from %s: more than %d matches, answer cut", who, limit)
                         yield status(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
                         return
+                    _let_the_peer_speak(event.assoc)
                     yield PENDING, build_response(req, row, header, self.settings.aet)
                     n += 1
         except SQLAlchemyError as exc:
@@ -160,6 +161,22 @@ class QueryRetrieveSCP:
             return [], status(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}")
         return [substore.ArchivedFile(self.layout.absolute(r["path"]), r["SOPClassUID"], r["SOPInstanceUID"],
                                       r["TransferSyntaxUID"]) for r in rows], None
+
+
+def _let_the_peer_speak(assoc: Any, backlog: int = 2, patience: float = 5.0) -> None:
+    """Wait until the association has sent (almost) all we queued.
+
+    pynetdicom's DUL thread either sends a queued PDU or reads one from the
+    socket, sending first: were we to queue a huge answer at once, a C-CANCEL
+    would only be read after the last response. Keeping the queue short also
+    keeps memory flat.
+    """
+    q = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    if q is None:
+        return
+    deadline = time.monotonic() + patience
+    while q.qsize() > backlog and time.monotonic() < deadline and assoc.is_established:
+        time.sleep(0.0005)
 
 
 def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:

@@ -206,7 +206,8 @@ def test_find_cancel_stops_the_answer(make_node, tmp_path: Path) -> None:  # typ
     cli("import", str(tmp_path / "series"), "--storage", str(n.storage))
     n.start()
     got, log = findscu(n.port, n.aet, ["QueryRetrieveLevel=IMAGE", "SOPInstanceUID"], extra=["--cancel", "2"])
-    assert len(got) < 600
+    print(f"{len(got)} responses before the cancel took effect")
+    assert len(got) < 300
     assert "Cancel" in log
     assert "cancelled" in n.log()
 
