@@ -342,7 +342,7 @@ def jobs(ctx: typer.Context,
         _emit_json({"depth": depth, "jobs": rows})
         return
     t = Table(title="jobs: " + ", ".join(f"{v} {k}" for k, v in depth.items()))
-    for col in ("id", "action", "state", "attempts", "SOPInstanceUID", "updated", "last error"):
+    for col in ("id", "action", "state", "attempts", "SOPInstanceUID", "updated", "last error / note"):
         t.add_column(col, overflow="fold")
     for r in rows:
         style = {"failed": "red", "done": "green", "running": "yellow"}.get(r["state"], "")

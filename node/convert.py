@@ -70,6 +70,10 @@ def convert_file(path: Path, out_dir: Path, stem: str, opts: Options) -> Outputs
     pictures = opts.formats & {"png", "mp4", "gif"}
     if not pictures:
         return out
+    if not display.has_pixel_data(path):  # SR, KO, PR, ...: their metadata is the whole of them
+        if not out.files:
+            raise DisplayError("no Pixel Data (not an image)")
+        return out
     n = display.frame_count(ds)
     try:
         if opts.frame is not None:

@@ -69,10 +69,18 @@ def frame_rate(ds: Dataset, default: float = 10.0) -> float:
     return default
 
 
+def has_pixel_data(path: Path) -> bool:
+    """Seeks past everything else; bulk values stay on disk (defer_size)."""
+    try:
+        return "PixelData" in dcmread(path, specific_tags=["PixelData"], force=True, defer_size=64)
+    except Exception as exc:
+        raise DisplayError(f"cannot read the file: {type(exc).__name__}: {exc}") from exc
+
+
 def frames(path: Path, window: Window | None = None, indices: list[int] | None = None) -> Iterator[Frame]:
     """Display-ready frames of a file; DisplayError when no decoder can read it."""
     ds = header(path)
-    if "PixelData" not in dcmread(path, specific_tags=["PixelData"], force=True, defer_size=64):
+    if not has_pixel_data(path):
         raise DisplayError("no Pixel Data (not an image)")
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     produced = False

@@ -155,7 +155,7 @@ class Worker:
                 durable.remove(self.layout.absolute(rel))
                 durable.remove(report_path(self.layout.absolute(rel)))
 
-    def convert(self, path: Path, _target: str, job: ClaimedJob) -> None:
+    def convert(self, path: Path, _target: str, job: ClaimedJob) -> dict[str, str] | None:
         """Outputs beside the archive (derived/, same hashed layout), each recorded for `show`."""
         from node.convert import Options, convert_file, thumbnail
         from node.display import DisplayError
@@ -176,6 +176,9 @@ class Worker:
                 pass  # not an image: metadata only
         for f in made.files:
             self.index.record_derived(job.sop_instance_uid, f.suffix.lstrip("."), None, self.layout.relative(f))
+        if made.notes:  # metadata made, pictures not: done, but `dicomnode jobs` says why
+            return {"note": " ".join("; ".join(made.notes).split())}
+        return None
 
     def step(self) -> bool:
         """Claim a batch, run it, record the outcomes; True when the batch was full (more may wait)."""
@@ -207,9 +210,14 @@ class Worker:
             log.warning("job %d %s %s attempt %d failed (%s): %s", job.id, job.action, job.sop_instance_uid,
                         job.attempts, "giving up" if out.state_after_failure == "failed" else "will retry", exc)
             return out
-        log.info("job %d %s %s done in %.1f ms", job.id, job.action, job.sop_instance_uid,
-                 (time.perf_counter() - t0) * 1000)
-        return Outcome(job, figures=figures)
+        note = figures.pop("note", None) if figures else None
+        if note:
+            log.warning("job %d %s %s done in %.1f ms, with a note: %s", job.id, job.action, job.sop_instance_uid,
+                        (time.perf_counter() - t0) * 1000, note)
+        else:
+            log.info("job %d %s %s done in %.1f ms", job.id, job.action, job.sop_instance_uid,
+                     (time.perf_counter() - t0) * 1000)
+        return Outcome(job, figures=figures or None, note=note)
 
     def loop(self, stop: Callable[[], bool], activity: Activity | None = None) -> None:
         deferred_since: float | None = None

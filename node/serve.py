@@ -26,6 +26,9 @@ def setup_logging(level: str) -> None:
     # pynetdicom narrates every PDU at INFO; we log one line per association and per object.
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # pydicom logs every decoder plugin it tries, with a traceback, before the
+    # next one succeeds or our caller reports the outcome in one line itself.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def serve(settings: Settings) -> int:

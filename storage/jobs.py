@@ -52,6 +52,7 @@ class Outcome:
     max_attempts: int = 1
     base_delay: float = 0.0
     figures: dict[str, Any] | None = None
+    note: str | None = None  # done, but the operator should know (e.g. no picture: pixel data undecodable)
 
     @property
     def state_after_failure(self) -> str:
@@ -95,7 +96,7 @@ class JobQueue:
         with self._write() as conn:
             for o in outcomes:
                 if o.error is None:
-                    values: dict[str, Any] = {"state": "done", "last_error": None, "updated_at": t}
+                    values: dict[str, Any] = {"state": "done", "last_error": o.note and o.note[:2000], "updated_at": t}
                 else:
                     values = {"state": o.state_after_failure, "last_error": o.error[:2000], "updated_at": t,
                               "not_before": t + timedelta(seconds=o.retry_delay)}

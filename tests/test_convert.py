@@ -212,3 +212,32 @@ def test_1gb_multiframe_to_mp4_in_bounded_memory(tmp_path: Path) -> None:
     frames, rss_mb = map(int, p.stdout.split())
     assert frames == 1000
     assert rss_mb < 400, f"peak RSS {rss_mb} MB for a {big.stat().st_size // 2**20} MB object"
+
+
+def test_pipeline_notes_an_undecodable_picture_and_skips_non_images_quietly(make_node) -> None:  # type: ignore[no-untyped-def]
+    """JPEG-lossy.dcm is broken 12-bit JPEG no decoder reads: its metadata is still made, and the
+    job says why there is no picture, in one log line (no decoder tracebacks). An SR has no picture
+    to make: no note."""
+    from pydicom.data import get_testdata_file
+
+    broken, report = get_testdata_file("JPEG-lossy.dcm"), get_testdata_file("test-SR.dcm")
+    node = make_node(env={"DICOMNODE_DEFAULT_ACTIONS": "convert"})
+    assert storescu(node, broken, extra=["-xx"]).returncode == 0  # -xx: propose JPEG 12-bit
+    assert storescu(node, report).returncode == 0
+    uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in (broken, report)}
+    deadline = time.monotonic() + 60
+    jobs: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        rows = json.loads(node.cli("jobs", "--json").stdout)["jobs"]
+        jobs = {r["sop_instance_uid"]: r for r in rows if r["state"] in ("done", "failed")}
+        if set(uids) <= set(jobs):
+            break
+        time.sleep(0.5)
+    by_file = {uids[u]: jobs[u] for u in uids}
+    assert by_file[broken]["state"] == "done" and "no decoder" in by_file[broken]["last_error"]
+    assert by_file[report]["state"] == "done" and by_file[report]["last_error"] is None
+    for uid in uids:
+        kinds = {d.split(":")[0] for d in json.loads(node.cli("show", uid, "--json").stdout)["derived"]}
+        assert kinds == {"txt", "json"}, (uid, kinds)
+    assert "Traceback" not in node.log()
+    assert "with a note: no decoder" in node.log()
