@@ -4,8 +4,12 @@ The handlers are generators, as pynetdicom wants them: C-FIND yields one
 pending response per matching row while the database cursor streams;
 C-MOVE and C-GET yield the destination, the number of sub-operations, then
 one ArchivedFile per instance (node/substore.py sends it from disk).
-Who may do what is checked before pynetdicom's own loops start, so a
-refused peer gets 0x0124 (Refused: Not Authorized) with a reason.
+Who may do what, and whether a retrieve identifier names anything, is
+checked before pynetdicom's own loops start: a refused peer gets 0x0124
+(Refused: Not Authorized), a bad retrieve identifier 0xA900, each with a
+reason and without a data set (pynetdicom's loop would add an empty Failed
+SOP Instance UID List and count one failed sub-operation that never was;
+DCMTK's getscu then fails to release the association).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dsutils import decode
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +30,7 @@ from node.config import Settings
 from node.find import HeaderReader, Request, build_response, iter_matches, parse_identifier
 from storage.archive import Layout
 from storage.index import Index
-from storage.matching import Condition, QueryError
+from storage.matching import LIST, SINGLE, Condition, QueryError
 from storage.query import UNIQUE_KEYS, Key, build_query, run
 
 log = logging.getLogger("dicomnode.qr")
@@ -57,7 +62,7 @@ class QueryRetrieveSCP:
         self.index = index
         self.dialect = index.engine.dialect.name
         substore.install()
-        install_authorization(self.refusal)
+        install_authorization(self.refusal, self.retrieve_problem)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get)]
@@ -69,6 +74,15 @@ class QueryRetrieveSCP:
         if self.settings.may_use(calling_aet, service):
             return None
         return f"{calling_aet} is not allowed {service}"
+
+    def retrieve_problem(self, sop_class_uid: str, identifier: Dataset) -> Dataset | None:
+        """The 0xA900 status of a C-MOVE/C-GET identifier that names nothing retrievable, or None."""
+        models = MOVE_MODELS if sop_class_uid in MOVE_MODELS else GET_MODELS
+        try:
+            self._retrieve_query(models.get(sop_class_uid, "STUDY"), identifier)
+        except QueryError as exc:
+            return status(IDENTIFIER_MISMATCH, str(exc))
+        return None
 
     # -- C-FIND -------------------------------------------------------------------
 
@@ -148,11 +162,7 @@ class QueryRetrieveSCP:
         """The archived instances a retrieve identifier names (by unique keys, lists allowed)."""
         model = models.get(str(event.request.AffectedSOPClassUID), "STUDY")
         try:
-            req = parse_identifier(event.identifier, model, self.settings.pn_case_insensitive, hierarchical=False)
-            keys = retrieve_keys(req)
-            query = build_query(model, "IMAGE", keys, hierarchical=False)
-            query.keys += [Key(kw, "", None, "index", "IMAGE")
-                           for kw in ("SOPInstanceUID", "SOPClassUID", "TransferSyntaxUID", "path")]
+            query = self._retrieve_query(model, event.identifier)
             with self.index.engine.connect() as conn:
                 rows = list(run(conn, query, self.dialect))
         except QueryError as exc:
@@ -161,6 +171,13 @@ class QueryRetrieveSCP:
             return [], status(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}")
         return [substore.ArchivedFile(self.layout.absolute(r["path"]), r["SOPClassUID"], r["SOPInstanceUID"],
                                       r["TransferSyntaxUID"]) for r in rows], None
+
+    def _retrieve_query(self, model: str, identifier: Dataset) -> Any:
+        req = parse_identifier(identifier, model, self.settings.pn_case_insensitive, hierarchical=False)
+        query = build_query(model, "IMAGE", retrieve_keys(req), hierarchical=False)
+        query.keys += [Key(kw, "", None, "index", "IMAGE")
+                       for kw in ("SOPInstanceUID", "SOPClassUID", "TransferSyntaxUID", "path")]
+        return query
 
 
 def _let_the_peer_speak(assoc: Any, backlog: int = 2, patience: float = 5.0) -> None:
@@ -188,21 +205,27 @@ def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:
     level = req.query.level
     given = [(kw, vr, cond) for kw, vr, cond in req.keys if cond is not None]
     if UNIQUE_KEYS[level] not in {kw for kw, _vr, _c in given}:
-        raise QueryError(f"a {level}-level retrieve needs {UNIQUE_KEYS[level]}")
-    for kw, _vr, _cond in given:
+        raise QueryError(f"a {level}-level retrieve needs a value of {UNIQUE_KEYS[level]}")
+    for kw, _vr, cond in given:
         if kw not in UNIQUE_KEYS.values():
             raise QueryError(f"{kw}: a retrieve identifier holds unique keys only")
+        if cond.kind not in (SINGLE, LIST):  # "PAT*" would retrieve whoever matches
+            raise QueryError(f"{kw}: a retrieve names values (one or a list), not a pattern or range")
     return given
 
 
 # -- authorization ahead of pynetdicom's service loops -----------------------------
 
 _policy: list[Callable[[str, str], str | None]] = []
+_retrieve_check: list[Callable[[str, Dataset], Dataset | None]] = []
 
 
-def install_authorization(policy: Callable[[str, str], str | None]) -> None:
-    """Refuse C-FIND/C-MOVE/C-GET of peers the policy names, before any sub-operation starts."""
+def install_authorization(policy: Callable[[str, str], str | None],
+                          retrieve_check: Callable[[str, Dataset], Dataset | None] | None = None) -> None:
+    """Refuse C-FIND/C-MOVE/C-GET of peers the policy names, and retrieves whose
+    identifier the check finds wrong, before any sub-operation starts."""
     _policy[:] = [policy]
+    _retrieve_check[:] = [retrieve_check] if retrieve_check else []
     if getattr(QueryRetrieveServiceClass, "_dicomnode_guarded", False):
         return
     for name, service, primitive in (("_c_find_scp", "find", C_FIND), ("_move_scp", "move", C_MOVE),
@@ -214,14 +237,42 @@ def install_authorization(policy: Callable[[str, str], str | None]) -> None:
 def _guarded(original: Callable[..., None], service: str, primitive: type) -> Callable[..., None]:
     def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
         why = _policy[0](self.assoc.requestor.ae_title, service) if _policy else None
-        if why is None:
-            return original(self, req, context)
-        log.warning("C-%s refused: %s", service.upper(), why)
-        rsp = primitive()
-        rsp.MessageIDBeingRespondedTo = req.MessageID
-        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-        rsp.Status = NOT_AUTHORIZED
-        rsp.ErrorComment = why[:COMMENT_MAX]
-        self.dimse.send_msg(rsp, context.context_id)
+        if why is not None:
+            log.warning("C-%s refused: %s", service.upper(), why)
+            return _answer(self, req, context, primitive, status(NOT_AUTHORIZED, why))
+        if service != "find" and _retrieve_check:
+            problem = _retrieve_check[0](str(req.AffectedSOPClassUID), _identifier(req, context))
+            if problem is not None:
+                log.warning("C-%s from %s refused: %s", service.upper(), self.assoc.requestor.ae_title,
+                            problem.ErrorComment)
+                return _answer(self, req, context, primitive, problem)
+        return original(self, req, context)
 
     return scp
+
+
+def _identifier(req: Any, context: Any) -> Dataset:
+    """Decoded as pynetdicom decodes it for the handler; an undecodable one checks as empty (0xA900)."""
+    syntax = context.transfer_syntax[0]
+    try:
+        req.Identifier.seek(0)
+        ds = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        ds.QueryRetrieveLevel  # noqa: B018 - parse now, inside the try
+        return ds
+    except Exception:
+        return Dataset()
+    finally:
+        req.Identifier.seek(0)
+
+
+def _answer(scp: QueryRetrieveServiceClass, req: Any, context: Any, primitive: type, st: Dataset) -> None:
+    """A final response of our own, with no data set: nothing was attempted, nothing failed."""
+    rsp = primitive()
+    rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rsp.Status = st.Status
+    rsp.ErrorComment = str(st.ErrorComment)[:COMMENT_MAX]
+    if primitive is not C_FIND:
+        rsp.NumberOfCompletedSuboperations = rsp.NumberOfFailedSuboperations = 0
+        rsp.NumberOfWarningSuboperations = 0
+    scp.dimse.send_msg(rsp, context.context_id)

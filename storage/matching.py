@@ -76,6 +76,8 @@ def parse(keyword: str, vr: str, value: str | list[str], fold_pn: bool = True) -
         return Condition(keyword, vr, RANGE, (low, high))
     if vr in DATE_VRS:
         value = normalise(vr, value)
+        if not re.fullmatch(r"[0-9.+\-*?]+", value):  # "garbage" would silently match nothing
+            raise QueryError(f"{keyword}: {value!r} is not a {vr} value")
     if vr != "UI" and ("*" in value or "?" in value):
         return Condition(keyword, vr, WILDCARD, (value,), fold)
     if vr == "UI" and ("*" in value or "?" in value):

@@ -199,6 +199,23 @@ def test_find_refuses_what_the_model_forbids(archive: Archive) -> None:
     assert "Traceback" not in archive.node.log()
 
 
+def test_retrieve_identifiers_that_name_nothing_are_refused_cleanly(archive: Archive, tmp_path: Path) -> None:
+    """A wildcard, a missing unique key, a non-unique key: 0xA900 with the reason, no sub-operation
+    counted as failed, no data set (DCMTK's getscu cannot release after an unread one)."""
+    need("getscu")
+    pid = archive.first(lambda a: True, "PatientID")
+    for keys in (["QueryRetrieveLevel=PATIENT", f"PatientID={pid[:2]}*"],
+                 ["QueryRetrieveLevel=STUDY"],
+                 ["QueryRetrieveLevel=PATIENT", f"PatientID={pid}", "PatientSex=F"]):
+        p = run(["getscu", "-v", "-P", "-aec", archive.node.aet, "-od", str(tmp_path), "127.0.0.1",
+                 str(archive.node.port), *[a for k in keys for a in ("-k", k)]], timeout=60, check=False)
+        log = p.stdout + p.stderr
+        assert "DataSetDoesNotMatchSOPClass" in log and "Failed Suboperations    : 0" in log, log
+        assert "Release Failed" not in log and p.returncode == 0, log
+    assert not list(tmp_path.iterdir())
+    assert "a retrieve names values" in archive.node.log() and "Traceback" not in archive.node.log()
+
+
 def test_find_cancel_stops_the_answer(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """600 matches: findscu cancels after 2; the node stops streaming (a race only a big answer makes fair)."""
     write_ct_series(tmp_path / "series", n=600, rows=4, cols=4)

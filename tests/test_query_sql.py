@@ -186,3 +186,8 @@ def test_date_range_syntax_errors() -> None:
         parse("StudyDate", "DA", "2024-01-01-2024")
     assert parse("StudyDate", "DA", "-") is None
     assert parse("AcquisitionDateTime", "DT", "20240101120000-0500").kind == "single"
+    for bad in ("garbage", "2024 01 31", "yesterday"):
+        with pytest.raises(QueryError, match="is not a DA value"):
+            parse("StudyDate", "DA", bad)
+    assert parse("StudyDate", "DA", "2024.01.31").values == ("20240131",)
+    assert parse("StudyTime", "TM", "10:30").values == ("1030",)
