@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 AUTO_PERCENTILES = (0.5, 99.5)
 
@@ -40,10 +41,16 @@ class Frame:
 
 
 def header(path: Path) -> Dataset:
+    """Part 10 files, and bare data sets as old modalities wrote them; not any file pydicom can force."""
     try:
-        return dcmread(path, stop_before_pixels=True, force=True)
+        ds = dcmread(path, stop_before_pixels=True, force=True)
+        with open(path, "rb") as f:
+            part10 = f.read(132)[128:] == b"DICM"
     except Exception as exc:
         raise DisplayError(f"cannot read the header: {type(exc).__name__}: {exc}") from exc
+    if not (part10 or "TransferSyntaxUID" in ds.file_meta or any(t.group == 0x0008 for t in ds.keys())):
+        raise DisplayError("not a DICOM file (no 'DICM' prefix, no File Meta, no identifying group 0008)")
+    return ds
 
 
 def frame_count(ds: Dataset) -> int:
@@ -108,7 +115,12 @@ def _iter(path: Path, plugin: str, indices: list[int] | None) -> Iterator[np.nda
     copes with J2K sign mismatches that trip the streaming one; last, the whole data set as parsed
     (files whose header pydicom had to repair, e.g. implicit VR under an explicit transfer syntax)."""
     if plugin == "whole-dataset":  # a header pydicom had to repair: decode from the parsed data set
-        return iter_pixels(dcmread(path, force=True), indices=indices)
+        ds = dcmread(path, force=True)
+        if "TransferSyntaxUID" not in ds.file_meta:  # a bare data set: its encoding is its syntax
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        return iter_pixels(ds, indices=indices)
     if plugin == "frame-by-index":
         n = frame_count(header(path))
         return (pixel_array(path, index=i) for i in (indices if indices is not None else range(n)))

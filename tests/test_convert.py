@@ -241,3 +241,23 @@ def test_pipeline_notes_an_undecodable_picture_and_skips_non_images_quietly(make
         assert kinds == {"txt", "json"}, (uid, kinds)
     assert "Traceback" not in node.log()
     assert "with a note: no decoder" in node.log()
+
+
+def test_files_that_are_not_dicom_are_refused(tmp_path: Path) -> None:
+    """pydicom's force=True parses any bytes into 'elements'; a README must not become a DICOM dump."""
+    from pydicom.data import get_testdata_file
+
+    readme = tmp_path / "README.txt"
+    readme.write_text("This folder holds the study of Mr Smith.\n" * 20)
+    with pytest.raises(DisplayError, match="not a DICOM file"):
+        convert_file(readme, tmp_path / "out", "readme", Options(frozenset({"txt", "json"})))
+    bare = tmp_path / "bare.dcm"  # a data set without preamble or File Meta, as old modalities wrote
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.preamble = None
+    del ds.file_meta
+    ds.save_as(bare, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert not bare.read_bytes()[128:132] == b"DICM"
+    made = convert_file(bare, tmp_path / "out", "bare", Options(frozenset({"txt", "png"})))
+    assert {f.suffix for f in made.files} == {".txt", ".png"}
+    convert_file(Path(get_testdata_file("CT_small.dcm")), tmp_path / "out", "orig", Options(frozenset({"png"})))
+    assert (png_values(tmp_path / "out" / "bare.png") == png_values(tmp_path / "out" / "orig.png")).all()
