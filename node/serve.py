@@ -4,47 +4,31 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 
-from node.config import Settings
-from node.pipeline import WorkerProcess
-from node.qrscp import QueryRetrieveSCP
-from node.scp import StorageSCP
-from storage.jobs import JobQueue
-from storage.archive import open_archive
-from storage.ingest import DuplicatePolicy, Ingester
+from dicomnode.node import services
+from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
+from dicomnode.node.dimse.storage_scp import StorageSCP
+from dicomnode.node.pipeline.worker import WorkerProcess
+from dicomnode.node.settings import Settings
 
 log = logging.getLogger("dicomnode")
 QUEUE_LOG_SECONDS = 5.0
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    # pynetdicom narrates every PDU at INFO; we log one line per association and per object.
-    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # pydicom logs every decoder plugin it tries, with a traceback, before the
-    # next one succeeds or our caller reports the outcome in one line itself.
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-
-
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
-    layout, index = open_archive(settings.storage_path, settings.db_url)
-    ingester = Ingester(layout, index, DuplicatePolicy(settings.duplicate_policy),
-                        settings.min_free_mb * 1024 * 1024, plan=settings.actions_for)
-    queue = JobQueue(index)
+    arc = services.archive(settings)
+    queue = arc.jobs
     requeued = queue.requeue_running()
     if requeued:
         log.warning("%d job(s) were running when the node last stopped: queued again", requeued)
     workers = WorkerProcess(settings) if settings.workers > 0 else None
     if workers:
         workers.start()
-    scp = StorageSCP(settings, ingester, workers.activity if workers else None)
-    qr = QueryRetrieveSCP(settings, layout, index)
+    scp = StorageSCP(settings, services.ingester(settings, arc), workers.activity if workers else None)
+    qr = QueryRetrieveSCP(settings, arc)
     ae = scp.build_ae()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,9 +40,10 @@ def serve(settings: Settings) -> int:
         if workers:
             workers.stop()
         raise
+    assert server is not None  # block=False returns the running server
     host, port = server.server_address[:2]
     print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
-    log.info("archive %s, index %s, duplicates: %s", layout.root,
+    log.info("archive %s, index %s, duplicates: %s", arc.layout.root,
              settings.db_url or "sqlite (in archive)", settings.duplicate_policy)
     last_depth: dict[str, int] = {}
     while not stop.wait(QUEUE_LOG_SECONDS):

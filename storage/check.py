@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.archive import Layout
-from storage.header import HeaderError, index_values, read_header
-from storage.index import FileFacts, Index, PutResult
-from storage.ingest import identity_problem
+from dicomnode.storage.archive.header import HeaderError, index_values, read_header
+from dicomnode.storage.archive.ingest import identity_problem
+from dicomnode.storage.archive.layout import Layout
+from dicomnode.storage.index.rows import FileFacts, Index, PutResult
 
 
 @dataclass

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from storage.models import Instance, Job, now
+from dicomnode.storage.index.db import Database
+from dicomnode.storage.index.models import Instance, Job, now, table
 
-if TYPE_CHECKING:
-    from storage.index import Index
-
-JOBS = Job.__table__
-INS = Instance.__table__
+JOBS = table(Job)
+INS = table(Instance)
 MAX_BACKOFF = 300.0
 
 
@@ -66,12 +64,9 @@ class Outcome:
 
 
 class JobQueue:
-    def __init__(self, index: "Index") -> None:
-        self.index = index
-        self.engine = index.engine
-
-    def _write(self):  # type: ignore[no-untyped-def]
-        return self.index.writing_connection()
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.engine = db.engine
 
     def claim(self, limit: int = 1) -> list[ClaimedJob]:
         """Take up to `limit` due jobs (pending -> running) in one transaction.
@@ -79,7 +74,7 @@ class JobQueue:
         UPDATE ... RETURNING hands each job to exactly one claimant, also when
         several worker processes share a PostgreSQL index.
         """
-        with self._write() as conn:
+        with self.db.writing_connection() as conn:
             t = now()
             ids = list(conn.scalars(select(JOBS.c.id).where(JOBS.c.state == "pending", JOBS.c.not_before <= t)
                                     .order_by(JOBS.c.id).limit(limit)))
@@ -93,7 +88,7 @@ class JobQueue:
     def finish(self, outcomes: list[Outcome]) -> None:
         """Record the outcomes of a batch (and analysis figures) in one transaction."""
         t = now()
-        with self._write() as conn:
+        with self.db.writing_connection() as conn:
             for o in outcomes:
                 if o.error is None:
                     values: dict[str, Any] = {"state": "done", "last_error": o.note and o.note[:2000], "updated_at": t}
@@ -106,7 +101,7 @@ class JobQueue:
 
     def requeue_running(self) -> int:
         """At start-up: what a crash left running is run again."""
-        with self._write() as conn:
+        with self.db.writing_connection() as conn:
             return conn.execute(update(JOBS).where(JOBS.c.state == "running")
                                 .values(state="pending", not_before=now(), updated_at=now())).rowcount
 
@@ -116,7 +111,7 @@ class JobQueue:
             q = q.where(JOBS.c.state == "failed")
         else:
             q = q.where(JOBS.c.id == job_id, JOBS.c.state.in_(("failed", "done")))
-        with self._write() as conn:
+        with self.db.writing_connection() as conn:
             return conn.execute(q).rowcount
 
     def depth(self) -> dict[str, int]:

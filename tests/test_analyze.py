@@ -12,9 +12,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.encaps import generate_fragments
 
-from conftest import ROOT, cli, pydicom_test_files
-from datagen import write_ct_series, write_multiframe
-from node.analyze import analyze_file
+from dicomnode.node.processing.analyze import analyze_file
+from tests.support.datagen import pydicom_test_files, write_ct_series, write_multiframe
+from tests.support.proc import ROOT, cli
 
 
 def _pixel_files() -> list[tuple[Path, object]]:
@@ -150,7 +150,7 @@ def test_gigabyte_object_never_read(tmp_path: Path) -> None:
     big = write_multiframe(tmp_path / "big.dcm", sparse=True)
     code = (
         "import json, resource, sys\n"
-        "from node.analyze import analyze_file\n"
+        "from dicomnode.node.processing.analyze import analyze_file\n"
         "def rchar():\n"
         "    return int([l for l in open('/proc/self/io') if l.startswith('rchar')][0].split()[1])\n"
         "before = rchar()\n"

@@ -17,10 +17,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import cli, pydicom_test_files, storescu
-from node.analyze import analyze_file
-from node.anonymize import Pseudonyms, Settings, anonymize_file
-from node.deid_profile import OPTIONS, TABLE
+from dicomnode.node.processing.analyze import analyze_file
+from dicomnode.node.processing.anonymize.apply import Profile as Settings
+from dicomnode.node.processing.anonymize.apply import anonymize_file
+from dicomnode.node.processing.anonymize.keys import Pseudonyms
+from dicomnode.node.processing.anonymize.profile import OPTIONS, TABLE
+from tests.support.datagen import pydicom_test_files
+from tests.support.node import storescu
+from tests.support.proc import cli
+from tests.support.wait import wait_for
 
 ROWS = json.loads(TABLE.read_text())["attributes"]
 KEY = b"k" * 32
@@ -211,7 +216,7 @@ def _pixel_bytes(path: Path) -> bytes:
     px = rep["pixel_data_info"]
     if px.get("pixel_data_offset") is None:
         return b""
-    from node.anonymize import _pixel_span
+    from dicomnode.node.processing.anonymize.apply import _pixel_span
 
     start, end = _pixel_span(rep)
     with open(path, "rb") as f:
@@ -249,7 +254,7 @@ def test_every_pydicom_file_anonymizes_with_pixels_byte_identical(tmp_path: Path
 
 
 def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from datagen import write_ct_series
+    from tests.support.datagen import write_ct_series
 
     files = write_ct_series(tmp_path / "ct", n=2, rows=8, cols=8, patient_id="REAL-ID", patient_name="Real^Name")
     out = tmp_path / "anon"
@@ -264,14 +269,12 @@ def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ig
     node = make_node(env={"DICOMNODE_DEFAULT_ACTIONS": "analyze,anonymize"})
     for f in files:
         assert storescu(node, f).returncode == 0
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def both_studies() -> list[dict] | None:
         studies = json.loads(node.cli("ls", "studies", "--json").stdout)
-        if len(studies) == 2 and sum(s["NumberOfStudyRelatedInstances"] for s in studies) == 4:
-            break
-        time.sleep(0.5)
+        return studies if len(studies) == 2 and sum(s["NumberOfStudyRelatedInstances"] for s in studies) == 4 \
+            else None
+
+    studies = wait_for(both_studies, 60, 0.5, message="the de-identified copies archived")
     assert len(studies) == 2, studies
     anon = next(s for s in studies if s["PatientID"] != "REAL-ID")
     assert anon["NumberOfStudyRelatedInstances"] == 2 and anon["PatientName"].startswith("ANON^")
@@ -281,16 +284,15 @@ def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ig
 
 
 def test_burned_in_risk_is_held_back_from_forwarding(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    from datagen import write_ct_series
-    from peers import start_storescp
+    from tests.support.datagen import write_ct_series
+    from tests.support.peers import start_storescp
+    from tests.support.toml import remotes, write_toml
 
     dest = start_storescp(tmp_path / "dest", aet="RESEARCH")
     try:
-        conf = tmp_path / "node.toml"
-        conf.write_text(f'[pipeline]\ndefault_actions = ["anonymize+forward:RESEARCH"]\n'
-                        f'[remotes.RESEARCH]\naet = "RESEARCH"\nhost = "127.0.0.1"\nport = {dest.port}\n')
+        conf = write_toml(tmp_path / "node.toml", {
+            "pipeline": {"default_actions": ["anonymize+forward:RESEARCH"]},
+            "remotes": remotes({"RESEARCH": ("RESEARCH", dest.port, ["store", "find", "move", "get"])})})
         node = make_node(extra=["--config", str(conf)])
         ct = write_ct_series(tmp_path / "ct", n=1, rows=8, cols=8)[0]
         us = dcmread(ct)
@@ -299,12 +301,11 @@ def test_burned_in_risk_is_held_back_from_forwarding(make_node, tmp_path: Path) 
         us.file_meta.MediaStorageSOPInstanceUID = us.SOPInstanceUID
         us.save_as(tmp_path / "us.dcm")
         assert storescu(node, ct, tmp_path / "us.dcm").returncode == 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def settled() -> list[dict] | None:
             jobs = json.loads(node.cli("jobs", "--json").stdout)["jobs"]
-            if jobs and all(j["state"] in ("done", "failed") for j in jobs):
-                break
-            time.sleep(0.5)
+            return jobs if jobs and all(j["state"] in ("done", "failed") for j in jobs) else None
+
+        jobs = wait_for(settled, 60, 0.5, message="every job done or failed")
         states = {j["state"] for j in jobs}
         assert states == {"done", "failed"}, jobs
         failed = next(j for j in jobs if j["state"] == "failed")

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,10 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from conftest import need, pydicom_test_files, run, storescu
-from datagen import write_ct_series, write_multiframe
+from tests.support.datagen import pydicom_test_files, write_ct_series, write_multiframe
+from tests.support.node import storescu
+from tests.support.proc import need, run
+from tests.support.wait import wait_for
 
 
 def _send_raw(node, path: Path, calling: str = "RAWSCU") -> Dataset:
@@ -50,10 +51,7 @@ def _craft(tmp_path: Path, name: str, mutate) -> Path:  # type: ignore[no-untype
 def assert_nothing_left(node) -> None:
     assert json.loads(node.cli("stats", "--json").stdout)["instances"] == 0
     assert not list((node.storage / "objects").rglob("*.dcm"))
-    deadline = time.monotonic() + 5
-    while list((node.storage / "tmp").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not list((node.storage / "tmp").iterdir()), "temp files left behind"
+    wait_for(lambda: not list((node.storage / "tmp").iterdir()), 5, 0.1, message="temp files removed")
 
 
 def assert_still_serving(node) -> None:
@@ -113,14 +111,11 @@ def test_association_aborted_mid_transfer_leaves_nothing(node, tmp_path: Path) -
     proc = subprocess.Popen(["storescu", "-aec", node.aet, "127.0.0.1", str(node.port), str(big)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tmp = node.storage / "tmp"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def started() -> bool:
         parts = list(tmp.glob("*.part"))
-        if parts and parts[0].stat().st_size > 20_000_000:
-            break
-        time.sleep(0.01)
-    else:
-        pytest.fail("the transfer never started")
+        return bool(parts) and parts[0].stat().st_size > 20_000_000
+
+    wait_for(started, 60, 0.01, message="the transfer to start")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert_nothing_left(node)

@@ -6,14 +6,14 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from conftest import cli, free_port, need, pydicom_test_files, wait_port
-from datagen import write_ct_series
+from tests.support.datagen import pydicom_test_files, write_ct_series
+from tests.support.net import free_port, wait_port
+from tests.support.proc import cli, need
 
 
 @pytest.fixture
@@ -149,28 +149,17 @@ def test_client_exit_codes(make_node, tmp_path: Path) -> None:
     assert cli("send", node.peer, *map(str, f), check=False).returncode == 4
 
 
-def test_postgresql_index(tmp_path: Path) -> None:
-    psycopg = pytest.importorskip("psycopg")
-    name = f"dicomnode_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        write_ct_series(tmp_path / "s", n=6, rows=16, cols=16, patient_name="Ørsted^Hans")
-        archive = tmp_path / "archive"
-        assert j(cli("import", str(tmp_path / "s"), "--storage", str(archive), "--db", url, "--json"))["summary"][
-            "imported"] == 6
-        assert j(cli("stats", "--storage", str(archive), "--db", url, "--json"))["instances"] == 6
-        pats = j(cli("ls", "patients", "--storage", str(archive), "--db", url, "--json"))
-        assert pats[0]["PatientName"] == "Ørsted^Hans"
-        assert cli("check", "--storage", str(archive), "--db", url).returncode == 0
-        assert not (archive / "index.sqlite").exists()
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def test_postgresql_index(tmp_path: Path, pg_url: str) -> None:
+    url = pg_url
+    write_ct_series(tmp_path / "s", n=6, rows=16, cols=16, patient_name="Ørsted^Hans")
+    archive = tmp_path / "archive"
+    assert j(cli("import", str(tmp_path / "s"), "--storage", str(archive), "--db", url, "--json"))["summary"][
+        "imported"] == 6
+    assert j(cli("stats", "--storage", str(archive), "--db", url, "--json"))["instances"] == 6
+    pats = j(cli("ls", "patients", "--storage", str(archive), "--db", url, "--json"))
+    assert pats[0]["PatientName"] == "Ørsted^Hans"
+    assert cli("check", "--storage", str(archive), "--db", url).returncode == 0
+    assert not (archive / "index.sqlite").exists()
 
 
 def test_serve_on_a_busy_port_fails_cleanly(node, tmp_path: Path) -> None:

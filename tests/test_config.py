@@ -5,8 +5,8 @@ from __future__ import annotations
 import tomllib
 from dataclasses import fields
 
-from conftest import ROOT
-from node.config import Settings, load
+from dicomnode.node.config import Settings, load
+from tests.support.proc import ROOT
 
 
 def test_node_toml_documents_every_setting_with_its_default() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import ROOT, cli, pydicom_test_files, storescu
-from node.convert import Options, convert_file
-from node.display import DisplayError
+from dicomnode.node.processing.convert import Options, convert_file
+from dicomnode.node.processing.display import DisplayError, Window
+from tests.support.datagen import pydicom_test_files
+from tests.support.node import storescu
+from tests.support.proc import cli
+from tests.support.wait import wait_for
 
 
 def _decodable(f: Path) -> Dataset | None:
@@ -95,8 +97,7 @@ def test_known_window_gives_known_grey_and_hu_stay_negative(tmp_path: Path) -> N
     got = png_values(tmp_path / "ct.png")
     assert list(got) == [0, linear(0), linear(60), 65535]
     # an explicit window overrides the data set's; 8-bit output
-    convert_file(src, tmp_path, "ct8", Options(frozenset({"png"}), bits=8, window=__import__(
-        "node.display", fromlist=["Window"]).Window(0, 2000)))
+    convert_file(src, tmp_path, "ct8", Options(frozenset({"png"}), bits=8, window=Window(0, 2000)))
     got8 = png_values(tmp_path / "ct8.png")
     assert got8[0] == round(((-1000 + 0.5) / 1999 + 0.5) * 255) and got8[3] == 255
 
@@ -183,13 +184,11 @@ def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ig
     node = make_node(env={"DICOMNODE_DEFAULT_ACTIONS": "convert"})
     assert storescu(node, src).returncode == 0
     uid = str(dcmread(src).SOPInstanceUID)
-    deadline = time.monotonic() + 60
-    shown: dict = {}
-    while time.monotonic() < deadline:
+    def recorded() -> dict | None:
         shown = json.loads(node.cli("show", uid, "--json").stdout)
-        if len(shown.get("derived", [])) >= 4:
-            break
-        time.sleep(0.5)
+        return shown if len(shown.get("derived", [])) >= 4 else None
+
+    shown = wait_for(recorded, 60, 0.5, message="4 outputs recorded")
     kinds = {d.split(":")[0] for d in shown["derived"]}
     assert {"png", "txt", "json"} <= kinds, shown["derived"]
     png = next(d.split(": ", 1)[1] for d in shown["derived"] if d.startswith("png:") and "thumbnail" not in d)
@@ -199,14 +198,13 @@ def test_cli_and_pipeline_action(make_node, tmp_path: Path) -> None:  # type: ig
 @pytest.mark.slow
 def test_1gb_multiframe_to_mp4_in_bounded_memory(tmp_path: Path) -> None:
     """1000 frames of 724x724x16 bit: converted frame by frame, peak RSS far below the object's size."""
-    from datagen import write_multiframe
+    from tests.support.datagen import write_multiframe
 
     big = write_multiframe(tmp_path / "big.dcm", random=False)
-    code = ("import resource, sys; sys.path.insert(0, %r)\n"
-            "from pathlib import Path\nfrom node.convert import Options, convert_file\n"
-            "o = convert_file(Path(%r), Path(%r), 'big', Options(frozenset({'mp4'})))\n"
-            "print(o.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
-            % (str(ROOT), str(big), str(tmp_path)))
+    code = ("import resource\n"
+            "from pathlib import Path\nfrom dicomnode.node.processing.convert import Options, convert_file\n"
+            f"o = convert_file(Path({str(big)!r}), Path({str(tmp_path)!r}), 'big', Options(frozenset({{'mp4'}})))\n"
+            "print(o.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     frames, rss_mb = map(int, p.stdout.split())
@@ -225,14 +223,12 @@ def test_pipeline_notes_an_undecodable_picture_and_skips_non_images_quietly(make
     assert storescu(node, broken, extra=["-xx"]).returncode == 0  # -xx: propose JPEG 12-bit
     assert storescu(node, report).returncode == 0
     uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in (broken, report)}
-    deadline = time.monotonic() + 60
-    jobs: dict[str, dict] = {}
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, dict] | None:
         rows = json.loads(node.cli("jobs", "--json").stdout)["jobs"]
         jobs = {r["sop_instance_uid"]: r for r in rows if r["state"] in ("done", "failed")}
-        if set(uids) <= set(jobs):
-            break
-        time.sleep(0.5)
+        return jobs if set(uids) <= set(jobs) else None
+
+    jobs = wait_for(finished, 60, 0.5, message="both jobs finished")
     by_file = {uids[u]: jobs[u] for u in uids}
     assert by_file[broken]["state"] == "done" and "no decoder" in by_file[broken]["last_error"]
     assert by_file[report]["state"] == "done" and by_file[report]["last_error"] is None

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from conftest import need, run
-from datagen import write_ct_series
+from tests.support.datagen import write_ct_series
+from tests.support.proc import need, run
+from tests.support.wait import wait_for
 
 
 def _acknowledged(storescu_log: str, files: list[Path]) -> list[Path]:
@@ -38,11 +39,8 @@ def test_kill9_mid_transfer_loses_nothing_acknowledged(make_node, tmp_path: Path
     log_lines: list[str] = []
     reader = threading.Thread(target=lambda: log_lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if sum("Received Store Response" in ln for ln in list(log_lines)) >= 60:
-            break
-        time.sleep(0.005)
+    wait_for(lambda: sum("Received Store Response" in ln for ln in list(log_lines)) >= 60, 60, 0.005,
+             message="60 acknowledged stores")
     node.kill9()
     proc.wait(timeout=30)
     reader.join(timeout=10)

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
 
-from conftest import cli, free_port, need, storescu
-from datagen import write_ct_series
-from node import config as cfg
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 60, message: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting: {message}")
+from dicomnode.node import config as cfg
+from tests.support.datagen import write_ct_series
+from tests.support.net import free_port
+from tests.support.node import storescu
+from tests.support.proc import cli, need
+from tests.support.toml import remotes, write_toml
+from tests.support.wait import wait_for
 
 
 def jobs(node, state: str | None = None) -> list[dict]:
@@ -33,11 +26,6 @@ def depth(node) -> dict[str, int]:
     return json.loads(node.cli("jobs", "--json").stdout)["depth"]
 
 
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
 def test_every_instance_is_analysed_on_arrival(node, tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "ok", n=5, rows=32, cols=32)
     assert storescu(node, *files).returncode == 0
@@ -46,7 +34,7 @@ def test_every_instance_is_analysed_on_arrival(node, tmp_path: Path) -> None:
     bad_path = tmp_path / "bad.dcm"
     bad.save_as(bad_path)
     node.cli("import", str(bad_path))  # the CLI ingests; the running node's workers pick the job up
-    wait_for(lambda: depth(node)["done"] == 6, message="6 analyses")
+    wait_for(lambda: depth(node)["done"] == 6, 60, 0.2, message="6 analyses")
     rows = {r["SOPInstanceUID"]: r for r in json.loads(node.cli("ls", "instances", "--json").stdout)}
     for uid, r in rows.items():
         report = json.loads(Path(r["path"] + ".analysis.json").read_text())
@@ -66,17 +54,15 @@ def test_jobs_survive_kill9(make_node, tmp_path: Path) -> None:
     assert storescu(node, *files).returncode == 0
     assert depth(node)["pending"] == 20
     # and one job claimed by a worker that then died with the node
-    from storage.archive import open_archive
-    from storage.jobs import JobQueue
+    from dicomnode.storage.archive import open_archive
 
-    _layout, index = open_archive(node.storage)
-    claimed = JobQueue(index).claim()
+    claimed = open_archive(node.storage).jobs.claim()
     assert len(claimed) == 1
     node.kill9()
 
     node.env["DICOMNODE_WORKERS"] = "2"
     node.start()
-    wait_for(lambda: depth(node)["done"] == 20, message="20 jobs done after restart")
+    wait_for(lambda: depth(node)["done"] == 20, 60, 0.2, message="20 jobs done after restart")
     assert "queued again" in node.log()
     all_jobs = jobs(node)
     assert len(all_jobs) == 20 and {j["action"] for j in all_jobs} == {"analyze"}
@@ -86,25 +72,15 @@ def test_jobs_survive_kill9(make_node, tmp_path: Path) -> None:
 
 def test_failing_action_retries_then_fails(make_node, tmp_path: Path) -> None:
     dead = free_port()  # nobody listens there
-    conf = write_config(tmp_path / "node.toml", f"""
-[pipeline]
-max_attempts = 3
-retry_base_seconds = 0.2
-
-[[pipeline.rules]]
-match = {{ calling_aet = "CT1" }}
-actions = ["analyze", "forward:DEAD"]
-
-[remotes.DEAD]
-aet = "DEAD"
-host = "127.0.0.1"
-port = {dead}
-""")
+    conf = write_toml(tmp_path / "node.toml", {
+        "pipeline": {"max_attempts": 3, "retry_base_seconds": 0.2,
+                     "rules": [{"match": {"calling_aet": "CT1"}, "actions": ["analyze", "forward:DEAD"]}]},
+        "remotes": remotes({"DEAD": ("DEAD", dead, ["store", "find", "move", "get"])})})
     node = make_node(extra=["--config", str(conf)])
     files = write_ct_series(tmp_path / "s", n=2, rows=16, cols=16)
     assert storescu(node, files[0], calling="CT1").returncode == 0
     assert storescu(node, files[1], calling="OTHER").returncode == 0  # no rule matches: no jobs
-    wait_for(lambda: depth(node)["failed"] == 1, message="the forward to fail for good")
+    wait_for(lambda: depth(node)["failed"] == 1, 60, 0.2, message="the forward to fail for good")
     failed = jobs(node, "failed")[0]
     assert failed["action"] == "forward:DEAD" and failed["attempts"] == 3
     assert "cannot connect" in failed["last_error"]
@@ -117,27 +93,20 @@ port = {dead}
 
 def test_forward_succeeds_once_the_remote_is_up(make_node, tmp_path: Path) -> None:
     port = free_port()
-    conf = write_config(tmp_path / "node.toml", f"""
-[pipeline]
-default_actions = ["forward:PACS2"]
-retry_base_seconds = 0.5
-
-[remotes.PACS2]
-aet = "PACS2"
-host = "127.0.0.1"
-port = {port}
-""")
+    conf = write_toml(tmp_path / "node.toml", {
+        "pipeline": {"default_actions": ["forward:PACS2"], "retry_base_seconds": 0.5},
+        "remotes": remotes({"PACS2": ("PACS2", port, ["store", "find", "move", "get"])})})
     node = make_node(extra=["--config", str(conf)])
     files = write_ct_series(tmp_path / "s", n=3, rows=16, cols=16)
     assert storescu(node, *files).returncode == 0
-    wait_for(lambda: all(j["attempts"] >= 1 and j["state"] == "pending" for j in jobs(node)),
+    wait_for(lambda: all(j["attempts"] >= 1 and j["state"] == "pending" for j in jobs(node)), 60, 0.2,
              message="a first failed attempt")
     received = tmp_path / "received"
     received.mkdir()
     scp = subprocess.Popen([need("storescp"), "-aet", "PACS2", "-od", str(received), str(port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: depth(node)["done"] == 3, message="forwards to succeed")
+        wait_for(lambda: depth(node)["done"] == 3, 60, 0.2, message="forwards to succeed")
     finally:
         scp.terminate()
         scp.wait()
@@ -146,25 +115,16 @@ port = {port}
 
 
 def test_rules_from_config(tmp_path: Path) -> None:
-    conf = write_config(tmp_path / "n.toml", """
-[[pipeline.rules]]
-match = { modality = ["XA", "US"] }
-actions = ["analyze", "forward:P"]
-
-[[pipeline.rules]]
-match = { calling_aet = "CT1", sop_class = "1.2.840.10008.5.1.4.1.1.2" }
-actions = ["analyze"]
-
-[remotes.P]
-aet = "P"
-host = "pacs.example"
-port = 104
-""")
+    conf = write_toml(tmp_path / "n.toml", {
+        "pipeline": {"rules": [
+            {"match": {"modality": ["XA", "US"]}, "actions": ["analyze", "forward:P"]},
+            {"match": {"calling_aet": "CT1", "sop_class": "1.2.840.10008.5.1.4.1.1.2"}, "actions": ["analyze"]}]},
+        "remotes": {"P": {"aet": "P", "host": "pacs.example", "port": 104}}})
     s = cfg.load(conf)
     assert s.actions_for("ANY", "XA", "1.2") == ["analyze", "forward:P"]
     assert s.actions_for("CT1", "CT", "1.2.840.10008.5.1.4.1.1.2") == ["analyze"]
     assert s.actions_for("CT2", "CT", "1.2.840.10008.5.1.4.1.1.2") == []
-    bad = write_config(tmp_path / "bad.toml", '[pipeline]\ndefault_actions = ["forward:NOWHERE"]\n')
+    bad = write_toml(tmp_path / "bad.toml", {"pipeline": {"default_actions": ["forward:NOWHERE"]}})
     try:
         cfg.load(bad)
     except cfg.ConfigError as exc:
@@ -178,7 +138,7 @@ def test_workers_hold_back_while_images_arrive() -> None:
     import multiprocessing
     import time as _time
 
-    from node.pipeline import Activity
+    from dicomnode.node.activity import Activity
 
     a = Activity(multiprocessing.get_context("spawn"))
     assert not a.busy()

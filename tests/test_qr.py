@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-import qrdata
-from conftest import Node, cli, need, run
-from datagen import write_ct_series
-from peers import start_orthanc, start_storescp, store_into
+from tests.support import qrdata
+from tests.support.datagen import write_ct_series
+from tests.support.node import Node
+from tests.support.peers import start_orthanc, start_storescp, store_into
+from tests.support.proc import cli, need, run
+from tests.support.toml import remotes, write_toml
 
 SAME = "same"
 
@@ -241,13 +243,8 @@ def test_max_results_ends_a_huge_answer_cleanly(archive: Archive, make_node) -> 
 # -- retrieve ------------------------------------------------------------------------
 
 
-def _config(path: Path, remotes: dict[str, tuple[str, int, list[str]]], extra: str = "") -> Path:
-    lines = [extra]
-    for name, (aet, port, services) in remotes.items():
-        lines += [f"[remotes.{name}]", f'aet = "{aet}"', 'host = "127.0.0.1"', f"port = {port}",
-                  f"services = {services!r}".replace("'", '"'), ""]
-    path.write_text("\n".join(lines))
-    return path
+def _config(path: Path, entries: dict[str, tuple[str, int, list[str]]], extra: dict | None = None) -> Path:
+    return write_toml(path, {**(extra or {}), "remotes": remotes(entries)})
 
 
 def _dataset_equal(a: Path, b: Path) -> bool:
@@ -323,7 +320,7 @@ def test_getscu_retrieves_and_decompresses_when_asked(make_node, tmp_path: Path)
 
 def test_peers_without_the_right_are_refused(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     conf = _config(tmp_path / "node.toml", {"VIEWER": ("VIEWER", 104, ["find"])},
-                   extra='[security]\nopen_services = ["store"]\n')
+                   extra={"security": {"open_services": ["store"]}})
     n = make_node("strict", extra=["--config", str(conf)])
     files = write_ct_series(tmp_path / "ct", n=1, rows=8, cols=8)
     _got, log = findscu(n.port, n.aet, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], calling="STRANGER")
@@ -334,7 +331,7 @@ def test_peers_without_the_right_are_refused(make_node, tmp_path: Path) -> None:
     p = run(["getscu", "-v", "-S", "-aet", "VIEWER", "-aec", n.aet, "-od", str(tmp_path), "127.0.0.1", str(n.port),
              "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3"], timeout=60)
     assert "Refused" in p.stdout + p.stderr or "0x124" in p.stdout + p.stderr, p.stdout + p.stderr
-    from conftest import storescu
+    from tests.support.node import storescu
 
     p = storescu(n, *files, calling="VIEWER")  # a listed peer without "store"
     assert p.returncode != 0 and "not allowed the store service" in n.log()

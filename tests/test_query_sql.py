@@ -6,46 +6,33 @@ not by the code under test.
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import pytest
 
-import qrdata
-from storage.archive import open_archive
-from storage.ingest import Ingester
-from storage.matching import QueryError, parse
-from storage.query import build_query, run
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from dicomnode.errors import QueryError
+from dicomnode.storage.archive import open_archive
+from dicomnode.storage.archive.ingest import Ingester
+from dicomnode.storage.query.matching import parse
+from dicomnode.storage.query.sql import build_query, run
+from tests.support import qrdata
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def archive(request, tmp_path_factory) -> Iterator[tuple]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp(request.param)
     records = qrdata.build(tmp / "files")
-    url, cleanup = None, None
-    if request.param == "postgresql":
-        psycopg = pytest.importorskip("psycopg")
-        name = f"dicomnode_q_{uuid.uuid4().hex[:8]}"
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-        admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-        def cleanup() -> None:
-            index.engine.dispose()
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
-    layout, index = open_archive(tmp / "archive", url)
-    ingester = Ingester(layout, index)
-    for r in records:
-        assert ingester.import_file(r.path).ok
-    yield index, records
-    if cleanup:
-        cleanup()
-    else:
-        index.engine.dispose()
+    with ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(request.getfixturevalue("pg_server").database())
+        arc = open_archive(tmp / "archive", url)
+        stack.callback(arc.db.engine.dispose)
+        ingester = Ingester(arc.layout, arc.index)
+        for r in records:
+            assert ingester.import_file(r.path).ok
+        yield arc.db, records
 
 
 def find(index, model: str, level: str, keys: dict[str, tuple[str, str]], returned: str,
@@ -56,7 +43,7 @@ def find(index, model: str, level: str, keys: dict[str, tuple[str, str]], return
         ks.append((returned, "UI", None))
     q = build_query(model, level, ks, hierarchical)
     with index.engine.connect() as conn:
-        rows = list(run(conn, q, index.engine.dialect.name))
+        rows = list(run(conn, q, index.dialect))
     values = [r[returned] for r in rows]
     if returned.endswith("UID"):
         assert len(values) == len(set(values)), "a row came back twice"
@@ -136,14 +123,16 @@ def test_uid_lists(archive) -> None:  # type: ignore[no-untyped-def]
 
 def test_modalities_in_study(archive) -> None:  # type: ignore[no-untyped-def]
     index, recs = archive
-    studies_with = lambda mods: {r.attrs["StudyInstanceUID"] for r in recs if r.attrs["Modality"] in mods}  # noqa: E731
+    def studies_with(mods: set[str]) -> set[str]:
+        return {r.attrs["StudyInstanceUID"] for r in recs if r.attrs["Modality"] in mods}
+
     assert find(index, "STUDY", "STUDY", {"ModalitiesInStudy": ("CS", "MR")}, "StudyInstanceUID") == studies_with({"MR"})
     assert find(index, "STUDY", "STUDY", {"ModalitiesInStudy": ("CS", ["US", "OT"])}, "StudyInstanceUID") == \
         studies_with({"US", "OT"})
     q = build_query("STUDY", "STUDY", [("ModalitiesInStudy", "CS", None), ("NumberOfStudyRelatedInstances", "IS", None),
                                        ("NumberOfStudyRelatedSeries", "IS", None), ("StudyInstanceUID", "UI", None)])
     with index.engine.connect() as conn:
-        rows = {r["StudyInstanceUID"]: r for r in run(conn, q, index.engine.dialect.name)}
+        rows = {r["StudyInstanceUID"]: r for r in run(conn, q, index.dialect)}
     for uid, row in rows.items():
         mine = [r.attrs for r in recs if r.attrs["StudyInstanceUID"] == uid]
         assert sorted(row["ModalitiesInStudy"].split(",")) == sorted({a["Modality"] for a in mine})

@@ -10,18 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from pydicom import dcmread
 
-import qrdata
-from conftest import Node, cli
-from datagen import write_ct_series
-from netutil import free_port
-from peers import Peer, start_dcmqrscp, start_orthanc, store_into
+from tests.support import qrdata
+from tests.support.datagen import write_ct_series
+from tests.support.net import free_port
+from tests.support.node import Node
+from tests.support.peers import Peer, start_dcmqrscp, start_orthanc, store_into
+from tests.support.proc import cli
+from tests.support.toml import remotes, write_toml
 
 
 @dataclass
@@ -40,13 +42,9 @@ class Env:
         return {r.attrs[key] for r in self.records if pred(r.attrs)}
 
 
-def write_config(path: Path, remotes: dict[str, tuple[str, int, list[str]]], storage: Path, aet: str) -> Path:
-    lines = [f'[node]\naet = "{aet}"\n[storage]\nstorage = "{storage}"\nmin_free_mb = 0\n']
-    for name, (title, port, services) in remotes.items():
-        lines.append(f'[remotes.{name}]\naet = "{title}"\nhost = "127.0.0.1"\nport = {port}\n'
-                     f'services = {json.dumps(services)}\n')
-    path.write_text("\n".join(lines))
-    return path
+def write_config(path: Path, entries: dict[str, tuple[str, int, list[str]]], storage: Path, aet: str) -> Path:
+    return write_toml(path, {"node": {"aet": aet}, "storage": {"storage": str(storage), "min_free_mb": 0},
+                             "remotes": remotes(entries)})
 
 
 @pytest.fixture(scope="module")

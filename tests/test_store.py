@@ -10,8 +10,9 @@ from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import CTImageStorage
 
-from conftest import need, pydicom_test_files, run, storescu
-from datagen import write_ct_series
+from tests.support.datagen import pydicom_test_files, write_ct_series
+from tests.support.node import storescu
+from tests.support.proc import need, run
 
 # storescu proposes only uncompressed syntaxes unless told; per file we add the one it needs.
 PROPOSE = {

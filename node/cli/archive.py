@@ -1,0 +1,204 @@
+"""`dicomnode` commands about the archive itself: serve, import, ls, show, stats, delete, check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from dicomnode.errors import QueryError
+from dicomnode.node import services
+from dicomnode.node.cli import common as c
+from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt
+from dicomnode.storage.query.listing import find_any, list_level
+
+
+def serve(
+    config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="address to listen on")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="TCP port (0 = any free port)")] = None,
+) -> None:
+    """Run the storage SCP until SIGINT/SIGTERM."""
+    from dicomnode.node.logs import setup_logging
+    from dicomnode.node.serve import serve as run
+
+    s = c.settings(config, storage=storage, db=db, aet=aet, host=host, port=port)
+    setup_logging(s.log_level)
+    try:
+        code = run(s)
+    except OSError as exc:
+        c.err.print(f"[red]cannot listen on {s.host}:{s.port}:[/] {exc}")
+        raise typer.Exit(c.EXIT_FAIL) from None
+    raise typer.Exit(code)
+
+
+def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive)")],
+            config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+            force: Annotated[bool, typer.Option("--force", help="accept files without preamble/meta")] = False,
+            json_out: JsonOpt = False) -> None:
+    """Put local files into the archive through the same ingest path as C-STORE."""
+    from dicomnode.node.dimse.scu import iter_files
+
+    s = c.settings(config, storage=storage, db=db)
+    ing = services.ingester(s, c.archive(s))
+    files = list(iter_files(paths))
+    rows: list[dict[str, Any]] = []
+    with c.progress() as bar:
+        task = bar.add_task("importing", total=len(files))
+        for f in files:
+            o = ing.import_file(f, force=force)
+            rows.append({"path": str(f), "SOPInstanceUID": o.sop_instance_uid,
+                         "state": "success" if o.ok else "failed", "action": o.action,
+                         "status": f"0x{o.status:04X}", "comment": o.comment})
+            bar.advance(task)
+    c.summary_exit(rows, "import", "imported", json_out)
+
+
+LEVEL_NAMES = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
+LS_COLUMNS = {
+    "PATIENT": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
+    "STUDY": ["PatientID", "PatientName", "StudyDate", "StudyDescription", "AccessionNumber",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"],
+    "SERIES": ["PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
+    "IMAGE": ["PatientID", "Modality", "InstanceNumber", "SOPClassUID", "TransferSyntaxUID", "Rows", "Columns",
+              "NumberOfFrames", "SOPInstanceUID", "finding_codes"],
+}
+
+
+def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | instances")],
+       filters: Annotated[Optional[list[str]], typer.Option("-k", help="Key=Value filter, matched as C-FIND "
+                                                            "matches (* and ? wildcards, date ranges, UID lists)")] = None,
+       limit: Annotated[Optional[int], typer.Option("--limit", help="at most this many rows")] = None,
+       problems: Annotated[bool, typer.Option("--problems", help="instances whose analysis has findings")] = False,
+       config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """List what the archive holds at one level."""
+    lv = LEVEL_NAMES.get(level.lower())
+    if lv is None:
+        c.err.print(f"[red]unknown level {level!r}:[/] patients, studies, series or instances")
+        raise typer.Exit(c.EXIT_USAGE)
+    keys = c.dcmtk_keys(filters or [], return_keys=False)
+    s = c.settings(config, storage=storage, db=db)
+    arc = c.archive(s)
+    try:
+        rows = list(list_level(arc.db, lv, keys, limit, problems=problems, fold_pn=s.pn_case_insensitive))
+    except QueryError as exc:
+        c.err.print(f"[red]{exc}[/]")
+        raise typer.Exit(c.EXIT_USAGE) from None
+    if lv == "IMAGE":
+        for r in rows:
+            r["path"] = str(arc.layout.absolute(r["path"]))
+    if json_out:
+        c.emit_json(rows)
+        return
+    t = Table(title=f"{len(rows)} {level}")
+    for col in LS_COLUMNS[lv]:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if r.get(col) is None else str(r.get(col)) for col in LS_COLUMNS[lv]))
+    c.out.print(t)
+
+
+def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
+         config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """The index row of a study, series or instance, and a header dump."""
+    from dicomnode.storage.archive.header import read_header
+
+    arc = c.archive(c.settings(config, storage=storage, db=db))
+    level, row = find_any(arc.db, uid)
+    if row is None:
+        c.err.print(f"[red]{uid} is not in the archive[/]")
+        raise typer.Exit(c.EXIT_FAIL)
+    header_text = ""
+    if level == "IMAGE":
+        path = arc.layout.absolute(row["path"])
+        row["path"] = str(path)
+        rp = arc.layout.report_path(path)
+        row["analysis_report"] = str(rp) if rp.exists() else None
+        links = arc.index.derived(uid)
+        row["derived"] = [f"{d['kind']}: {d['uid'] or d['path']}" for d in links["derived"]]
+        row["derived_from"] = [f"{d['kind']} from {d['source_uid']}" for d in links["derived_from"]]
+        try:
+            header = read_header(path)
+            header_text = str(header.meta) + "\n" + str(header.ds)
+            row["header"] = header.ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "")
+        except Exception as exc:
+            header_text = f"cannot read header: {exc}"
+            row["header_error"] = header_text
+    if json_out:
+        c.emit_json({"level": level, **row})
+        return
+    t = Table(title=f"{level} {uid}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    for k, v in row.items():
+        if k != "header":
+            t.add_row(k, "" if v is None else str(v))
+    c.out.print(t)
+    if header_text:
+        c.out.print(header_text, markup=False, highlight=False)
+
+
+def stats(config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts per level and bytes stored."""
+    st = c.archive(c.settings(config, storage=storage, db=db)).index.stats()
+    if json_out:
+        c.emit_json(st)
+        return
+    t = Table(title="archive")
+    for k in st:
+        t.add_column(k, justify="right")
+    t.add_row(*(f"{v:,}" for v in st.values()))
+    c.out.print(t)
+
+
+def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
+           config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Remove a study, series or instance: index rows first, then its files."""
+    done = services.delete(c.archive(c.settings(config, storage=storage, db=db)), uid)
+    if done is None:
+        c.err.print(f"[red]{uid} is not in the archive[/]")
+        raise typer.Exit(c.EXIT_FAIL)
+    if json_out:
+        c.emit_json({"uid": uid, "instances_deleted": done.instances, "files_removed": done.files_removed})
+    else:
+        c.out.print(f"deleted {uid}: {done.instances} instance(s), {done.files_removed} file(s) removed")
+
+
+def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, drop rows without files")] = False,
+          quick: Annotated[bool, typer.Option("--quick", help="skip content hash verification")] = False,
+          config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Compare the index with the files; exit 1 when they disagree."""
+    from dicomnode.storage.check import check as run_check
+    from dicomnode.storage.check import repair as run_repair
+
+    arc = c.archive(c.settings(config, storage=storage, db=db))
+    total = arc.index.stats()["instances"]
+    with c.progress() as bar:
+        task = bar.add_task("checking", total=total)
+        report = run_check(arc.layout, arc.index, verify_hashes=not quick, progress=lambda: bar.advance(task))
+    if repair and not report.consistent:
+        run_repair(arc.layout, arc.index, report)
+    if json_out:
+        c.emit_json(report.as_dict())
+    else:
+        colour = "green" if report.consistent else "red"
+        c.out.print(f"[{colour}]{report.checked} instances checked: {len(report.missing)} missing files, "
+                  f"{len(report.orphans)} orphan files, {len(report.mismatched)} hash mismatches[/]")
+        for name, items in (("missing", report.missing), ("orphan", report.orphans),
+                            ("mismatch", report.mismatched), ("unrepairable", report.unrepairable)):
+            for i in items[:50]:
+                c.out.print(f"  {name}: {i}", markup=False)
+        if report.repaired:
+            c.out.print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
+    still_bad = report.mismatched or report.unrepairable or (not repair and not report.consistent)
+    raise typer.Exit(c.EXIT_FAIL if still_bad else c.EXIT_OK)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command("import")(import_)
+    for command in (ls, show, stats, delete, check):
+        app.command()(command)

@@ -1,0 +1,183 @@
+"""What every `dicomnode` command shares: consoles, options, exit codes, settings and archive
+loading, peers, output helpers.
+
+Conventions: peers as AET@host:port, --json for scripts (on stdout, nothing
+else there), rich tables and progress bars for people (on stderr where they
+would mix with data), and exit codes scripts can trust:
+
+    0 success            1 something failed / inconsistent / not found
+    2 usage or config    3 remote unreachable     4 remote rejected the association
+    5 remote refused the request (status)         6 no answer in time (DIMSE timeout)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicomnode.errors import ConfigError
+from dicomnode.node import config as cfg
+from dicomnode.node import services
+from dicomnode.node.dimse.ae import Timeouts
+from dicomnode.node.peers import Peer, parse_peer
+from dicomnode.node.settings import Settings
+from dicomnode.storage.archive import Archive
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED, EXIT_REFUSED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5, 6
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="node.toml to read")]
+StorageOpt = Annotated[Optional[Path], typer.Option("--storage", help="archive folder")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the index")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+AetOpt = Annotated[Optional[str], typer.Option("--aet", help="our AE title (calling AE for clients)")]
+TargetsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or archive UIDs")]
+
+
+def settings(config: Path | None, **flags: Any) -> Settings:
+    """The settings, command-line flags last; a configuration error ends the command (exit 2)."""
+    try:
+        return cfg.load(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def archive(s: Settings) -> Archive:
+    """The archive the settings name; one that cannot be opened ends the command (exit 1)."""
+    try:
+        return services.archive(s)
+    except Exception as exc:  # unreachable database, unwritable folder
+        err.print(f"[red]cannot open the archive at {s.storage_path}:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_FAIL) from None
+
+
+def timeouts(s: Settings) -> Timeouts:
+    return Timeouts.of(s)
+
+
+def peer(text: str) -> Peer:
+    try:
+        return parse_peer(text)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def remote_peer(s: Settings, text: str, service: str | None = None) -> Peer:
+    """A configured remote by name (checked for the service), else AET@host:port."""
+    r = s.remotes.get(text)
+    if r is not None:
+        if service and service not in r.services:
+            err.print(f"[red]remote {text} is not configured for {service}[/] "
+                      f"(its services: {', '.join(r.services) or 'none'})")
+            raise typer.Exit(EXIT_USAGE)
+        return Peer(r.aet, r.host, r.port)
+    try:
+        return parse_peer(text)
+    except ValueError:
+        known = ", ".join(s.remotes) or "none configured"
+        err.print(f"[red]{text!r} is neither a configured remote ({known}) nor AET@host:port[/]")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False, disable=not err.is_terminal)
+
+
+def association_exit(exc: Exception) -> int:
+    return {"unreachable": EXIT_UNREACHABLE, "timeout": EXIT_TIMEOUT, "refused": EXIT_REFUSED}.get(
+        getattr(exc, "kind", ""), EXIT_REJECTED)
+
+
+def failed(exc: Exception, what: str, json_out: bool = False) -> typer.Exit:
+    """Report a failed association or request and the exit code its kind calls for."""
+    if json_out:
+        emit_json({"ok": False, "error": str(exc), "kind": getattr(exc, "kind", "")})
+    err.print(f"[red]{what} failed:[/] {exc}")
+    return typer.Exit(association_exit(exc))
+
+
+def status_table(rows: list[dict[str, Any]], what: str) -> None:
+    """Per-file outcomes: all of them for a few files, the problems only for many."""
+    shown = [r for r in rows if r["state"] != "success"] if len(rows) > 20 else rows
+    if not shown:
+        return
+    t = Table(title=f"{what}: {'problems' if len(shown) < len(rows) else 'files'}")
+    for col in ("path", "state", "status", "comment"):
+        t.add_column(col, overflow="fold")
+    for r in shown:
+        style = {"success": "green", "warning": "yellow"}.get(r["state"], "red")
+        t.add_row(r["path"], f"[{style}]{r['state']}[/]", r["status"] or "", r["comment"])
+    out.print(t)
+
+
+def summary_exit(rows: list[dict[str, Any]], what: str, done: str, json_out: bool, where: str = "",
+                 tail: str = "") -> None:
+    """Print `N <done><where>, M failed<tail>` (or JSON of the summary and the rows); exit 1 when any failed."""
+    failed_n = sum(1 for r in rows if r["state"] == "failed")
+    if json_out:
+        emit_json({"summary": {done: len(rows) - failed_n, "failed": failed_n}, "files": rows})
+    else:
+        status_table(rows, what)
+        out.print(f"{len(rows) - failed_n} {done}{where}, {failed_n} failed{tail}")
+    raise typer.Exit(EXIT_FAIL if failed_n else EXIT_OK)
+
+
+def dcmtk_keys(items: list[str], return_keys: bool = True) -> dict[str, str]:
+    """-k as DCMTK takes it: Keyword=Value, Keyword (a return key), or a tag gggg,eeee / (gggg,eeee).
+
+    With return_keys False (filters, as `ls -k` takes them) every key needs a value.
+    """
+    from pydicom.datadict import keyword_for_tag
+
+    keys: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        m = re.fullmatch(r"\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?", key)
+        if m:
+            key = keyword_for_tag(int(m[1] + m[2], 16)) or key
+        if not key or (not sep and not return_keys):
+            example = "Keyword=Value or Keyword" if return_keys else "Key=Value"
+            err.print(f"[red]-k {item!r}:[/] expected {example}, e.g. -k PatientID=123")
+            raise typer.Exit(EXIT_USAGE)
+        keys[key] = value
+    return keys
+
+
+def resolve_targets(targets: list[str], config: Path | None, storage: Path | None, db: str | None) -> list[Path]:
+    """Paths as they are (folders recursively); anything else is looked up as a study, series or
+    instance UID in the archive."""
+    from dicomnode.node.dimse.scu import iter_files
+
+    paths: list[Path] = []
+    arc: Archive | None = None
+    for t in targets:
+        p = Path(t)
+        if p.exists():
+            paths.extend(iter_files([p]))
+            continue
+        if arc is None:
+            arc = archive(settings(config, storage=storage, db=db))
+        files = services.instance_files(arc, t)
+        if files is None:
+            err.print(f"[red]{t}: no such file, and not a UID in the archive[/]")
+            raise typer.Exit(EXIT_USAGE)
+        paths.extend(files)
+    return paths

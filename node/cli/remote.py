@@ -1,0 +1,232 @@
+"""`dicomnode` commands that talk to remote nodes: remotes, echo, send, find, move, get.
+
+A remote is named by its [remotes.NAME] in the configuration or written
+out as AET@host:port. A configured remote is only used for the services
+listed for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from dicomnode.errors import AssociationFailed, QRFailed
+from dicomnode.node import services
+from dicomnode.node.cli import common as c
+from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt
+from dicomnode.node.settings import Settings
+
+KeysOpt = Annotated[Optional[list[str]], typer.Option("-k", "--key", help="Keyword=Value (empty value: return key)")]
+LevelOpt = Annotated[Optional[str], typer.Option("--level", "-L", help="PATIENT | STUDY | SERIES | IMAGE")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study | patient (root information model)")]
+
+
+def remotes(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """List the remote nodes of the configuration."""
+    s = c.settings(config)
+    if json_out:
+        c.emit_json([{"name": r.name, "aet": r.aet, "host": r.host, "port": r.port, "services": list(r.services)}
+                   for r in s.remotes.values()])
+        return
+    t = Table(title=f"{len(s.remotes)} remote(s)")
+    for col in ("name", "aet", "host", "port", "services"):
+        t.add_column(col)
+    for r in s.remotes.values():
+        t.add_row(r.name, r.aet, r.host, str(r.port), ", ".join(r.services))
+    c.out.print(t)
+
+
+def echo(peer: Annotated[Optional[str], typer.Argument(help="remote name or AET@host:port")] = None,
+         all_: Annotated[bool, typer.Option("--all", help="every configured remote")] = False,
+         config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
+    """C-ECHO one remote (or all) and report the round-trip time."""
+    from dicomnode.node.dimse.scu import echo as c_echo
+
+    s = c.settings(config, aet=aet)
+    if all_ == (peer is not None):
+        c.err.print("[red]give a remote, or --all[/]")
+        raise typer.Exit(c.EXIT_USAGE)
+    names = list(s.remotes) if peer is None else [peer]
+    targets = [(n, c.remote_peer(s, n)) for n in names]
+    rows: list[dict[str, Any]] = []
+    code = c.EXIT_OK
+    for name, p in targets:
+        try:
+            rtt = c_echo(p, s.aet, c.timeouts(s))
+            rows.append({"remote": name, "peer": str(p), "ok": True, "rtt_ms": round(rtt, 3)})
+        except AssociationFailed as exc:
+            rows.append({"remote": name, "peer": str(p), "ok": False, "error": str(exc), "kind": exc.kind})
+            code = code or c.association_exit(exc)
+    if json_out:
+        c.emit_json(rows if all_ else rows[0])
+    else:
+        for r in rows:
+            if r["ok"]:
+                c.out.print(f"{r['peer']}: C-ECHO success in {r['rtt_ms']:.1f} ms")
+            else:
+                c.err.print(f"[red]{r['peer']}: echo failed:[/] {r['error']}")
+    raise typer.Exit(code)
+
+
+def send(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")],
+         targets: Annotated[list[str], typer.Argument(help="files, folders (recursive), or archive UIDs "
+                                                           "(study, series, instance)")],
+         config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
+         json_out: JsonOpt = False) -> None:
+    """C-STORE files, or studies/series/instances of the archive, to a remote node."""
+    from dicomnode.node.dimse.scu import send as c_send
+
+    s = c.settings(config, aet=aet, storage=storage, db=db)
+    p = c.remote_peer(s, peer, "store")
+    files = c.resolve_targets(targets, config, storage, db)
+    with c.progress() as bar:
+        task = bar.add_task(f"sending to {p.aet}", total=len(files))
+        try:
+            report = c_send(p, files, s.aet, c.timeouts(s), progress=lambda _i: bar.advance(task))
+        except AssociationFailed as exc:
+            raise c.failed(exc, "send") from None
+    rows = [{"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
+             "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment}
+            for i in report.items]
+    summary = {k: report.count(k) for k in ("success", "warning", "failed")}
+    if json_out:
+        c.emit_json({"peer": str(p), "summary": summary, "files": rows})
+    else:
+        c.status_table(rows, "send")
+        c.out.print(f"{summary['success']} sent, {summary['warning']} with warnings, {summary['failed']} failed")
+    raise typer.Exit(c.EXIT_FAIL if summary["failed"] else c.EXIT_OK)
+
+
+def _query(s: Settings, keys: list[str] | None, level: str | None, defaults: bool) -> tuple[str, Any]:
+    from dicomnode.node.dimse.qr_scu import identifier, split_level
+
+    try:
+        lv, k = split_level(c.dcmtk_keys(keys or []), level)
+        return lv, identifier(lv, k, defaults)
+    except ValueError as exc:
+        c.err.print(f"[red]{exc}[/]")
+        raise typer.Exit(c.EXIT_USAGE) from None
+
+
+def _model(model: str) -> str:
+    m = model.lower()
+    if m not in ("study", "patient"):
+        c.err.print(f"[red]--model {model!r}: study or patient[/]")
+        raise typer.Exit(c.EXIT_USAGE)
+    return m
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(_text(v) for v in value)
+    return str(value)
+
+
+def find(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")],
+         keys: KeysOpt = None, level: LevelOpt = None, model: ModelOpt = "study",
+         csv_out: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+         config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
+    """C-FIND on a remote node; the matches as a table, JSON or CSV."""
+    from dicomnode.node.dimse.qr_scu import find as c_find
+
+    s = c.settings(config, aet=aet)
+    p = c.remote_peer(s, peer, "find")
+    lv, ident = _query(s, keys, level, defaults=True)
+    columns = [e.keyword for e in ident if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+    rows: list[dict[str, str]] = []
+    try:
+        for ds in c_find(p, s.aet, _model(model), ident, c.timeouts(s)):
+            rows.append({col: _text(ds.get(col)) for col in columns})
+    except (AssociationFailed, QRFailed) as exc:
+        raise c.failed(exc, "C-FIND", json_out) from None
+    if json_out:
+        c.emit_json(rows)
+    elif csv_out:
+        w = csv.DictWriter(sys.stdout, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        t = Table(title=f"{len(rows)} match(es) at {lv} level on {p}")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(*(r[col] for col in columns))
+        c.out.print(t)
+
+
+def _retrieve_summary(what: str, r: Any, json_out: bool, extra: dict[str, Any] | None = None) -> None:
+    data = {"status": f"0x{r.status:04X}", "completed": r.completed, "failed": r.failed, "warning": r.warning,
+            "failed_sop_instance_uids": r.failed_uids, **(extra or {})}
+    if json_out:
+        c.emit_json(data)
+    else:
+        style = "green" if not r.failed and r.status == 0 else "yellow" if r.completed else "red"
+        c.out.print(f"[{style}]{what}: {r.completed} completed, {r.failed} failed, {r.warning} warning[/] "
+                  f"(final status 0x{r.status:04X})")
+        for uid in r.failed_uids[:20]:
+            c.out.print(f"  failed: {uid}")
+
+
+def _bar_updater(bar: Any, task: Any) -> Any:
+    def update(r: Any) -> None:
+        if r.total is not None:
+            bar.update(task, total=r.total, completed=r.completed + r.failed + r.warning)
+    return update
+
+
+def move(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")],
+         keys: KeysOpt = None, level: LevelOpt = None, model: ModelOpt = "study",
+         dest: Annotated[Optional[str], typer.Option("--dest", help="move destination AE (default: this node)")] = None,
+         config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
+    """C-MOVE from a remote node, by default to this node (received by the running `serve`)."""
+    from dicomnode.node.dimse.qr_scu import move as c_move
+
+    s = c.settings(config, aet=aet)
+    p = c.remote_peer(s, peer, "move")
+    _lv, ident = _query(s, keys, level, defaults=False)
+    with c.progress() as bar:
+        task = bar.add_task(f"moving from {p.aet} to {dest or s.aet}", total=None)
+        try:
+            r = c_move(p, s.aet, _model(model), ident, dest or s.aet, c.timeouts(s), _bar_updater(bar, task))
+        except (AssociationFailed, QRFailed) as exc:
+            raise c.failed(exc, "C-MOVE", json_out) from None
+    _retrieve_summary("move", r, json_out)
+    raise typer.Exit(c.EXIT_FAIL if r.failed or r.status not in (0x0000, 0xB000) else c.EXIT_OK)
+
+
+def get(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")],
+        keys: KeysOpt = None, level: LevelOpt = None, model: ModelOpt = "study",
+        config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
+        json_out: JsonOpt = False) -> None:
+    """C-GET from a remote node straight into the archive (no running `serve` needed)."""
+    from dicomnode.node.dimse.qr_scu import get as c_get
+
+    s = c.settings(config, aet=aet, storage=storage, db=db)
+    p = c.remote_peer(s, peer, "get")
+    _lv, ident = _query(s, keys, level, defaults=False)
+    ing = services.ingester(s, c.archive(s))
+    with c.progress() as bar:
+        task = bar.add_task(f"getting from {p.aet}", total=None)
+        try:
+            r = c_get(p, s.aet, _model(model), ident, ing, c.timeouts(s), _bar_updater(bar, task))
+        except (AssociationFailed, QRFailed) as exc:
+            raise c.failed(exc, "C-GET", json_out) from None
+    stored = sum(1 for o in r.stored if o.ok)
+    problems = [{"SOPInstanceUID": o.sop_instance_uid, "status": f"0x{o.status:04X}", "comment": o.comment}
+                for o in r.stored if not o.ok]
+    _retrieve_summary("get", r, json_out, {"archived": stored, "archive_failures": problems})
+    if not json_out:
+        for prob in problems[:20]:
+            c.err.print(f"[red]not archived[/] {prob['SOPInstanceUID']}: {prob['status']} {prob['comment']}")
+    raise typer.Exit(c.EXIT_FAIL if r.failed or problems or r.status not in (0x0000, 0xB000) else c.EXIT_OK)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (remotes, echo, send, find, move, get):
+        app.command()(command)

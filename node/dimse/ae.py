@@ -1,0 +1,144 @@
+"""Application entities: the node's own (what it accepts) and its clients' (what they propose).
+
+All association set-up lives here, so that transport options apply to every
+association alike: TCP_NODELAY (a response must not wait for the peer's
+delayed ACK), timeouts from the settings, and the contexts offered.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import register_uid, uid_to_service_class
+
+from dicomnode.errors import AssociationFailed
+from dicomnode.node.peers import Peer
+from dicomnode.node.settings import Settings
+
+MAX_CONTEXTS = 128  # presentation contexts one association can carry (PS3.8 9.3.2.2: odd IDs 1-255)
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+NATIVE = (*UNCOMPRESSED, ExplicitVRBigEndian)  # pynetdicom re-encodes between these
+# Query/Retrieve SOP classes: service -> information model root -> SOP Class UID (PS3.4 C.6)
+QR_MODELS: dict[str, dict[str, str]] = {
+    "find": {"PATIENT": "1.2.840.10008.5.1.4.1.2.1.1", "STUDY": "1.2.840.10008.5.1.4.1.2.2.1"},
+    "move": {"PATIENT": "1.2.840.10008.5.1.4.1.2.1.2", "STUDY": "1.2.840.10008.5.1.4.1.2.2.2"},
+    "get": {"PATIENT": "1.2.840.10008.5.1.4.1.2.1.3", "STUDY": "1.2.840.10008.5.1.4.1.2.2.3"},
+}
+VERIFICATION = "1.2.840.10008.1.1"
+QR_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def qr_root(service: str, sop_class_uid: str) -> str | None:
+    """PATIENT or STUDY for a Q/R SOP class of the service, None for another class."""
+    return next((root for root, uid in QR_MODELS[service].items() if uid == sop_class_uid), None)
+
+
+@dataclass
+class Timeouts:
+    acse: float = 30.0
+    dimse: float = 60.0
+    network: float = 60.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Timeouts:
+        return cls(settings.acse_timeout, settings.dimse_timeout, settings.network_timeout)
+
+
+def nodelay(event: Event) -> None:
+    """EVT_CONN_OPEN handler: Nagle off, so a response or a two-PDU request goes out at once."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except (AttributeError, OSError):
+        pass
+
+
+class _CheaplyCopiedContext(PresentationContext):
+    """A supported context whose deep copy shares its (immutable) UID objects.
+
+    pynetdicom deep-copies every supported context for each new association;
+    with 170 storage classes x 45 transfer syntaxes that was ~80 ms of CPU
+    per association, which modalities that open one association per image
+    pay for every image.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CheaplyCopiedContext:
+        new = copy.copy(self)
+        new._transfer_syntax = list(self._transfer_syntax)
+        return new
+
+
+def server_ae(s: Settings) -> AE:
+    """The node's AE: Verification, Q/R, and every storage class in every transfer syntax."""
+    ae = AE(ae_title=s.aet)
+    ae.require_called_aet = s.require_called_aet
+    ae.require_calling_aet = list(s.allowed_calling)
+    ae.maximum_associations = s.max_associations
+    ae.maximum_pdu_size = s.max_pdu
+    ae.acse_timeout = s.acse_timeout
+    ae.dimse_timeout = s.dimse_timeout
+    ae.network_timeout = s.network_timeout
+    ae.add_supported_context(VERIFICATION)
+    for models in QR_MODELS.values():
+        for uid in models.values():
+            ae.add_supported_context(uid, QR_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        # both roles: a C-GET requester proposes to be the storage SCP on its own association
+        ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for i, uid in enumerate(s.extra_sop_classes):
+        # pynetdicom routes a C-STORE by its SOP class's service: a private class must be registered
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, f"ConfiguredPrivateStorage{i}", StorageServiceClass)
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    for cx in ae.supported_contexts:
+        cx.__class__ = _CheaplyCopiedContext
+    return ae
+
+
+def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    return ae
+
+
+def associate(ae: AE, peer: Peer, evt_handlers_extra: list[Any] | None = None, **kwargs: Any) -> Association:
+    """An established association, or AssociationFailed saying why (unreachable, rejected, aborted)."""
+    rejection: list[str] = []
+    connected: list[bool] = []
+
+    def on_open(event: Event) -> None:
+        connected.append(True)
+        nodelay(event)
+
+    def on_acse_recv(event: Event) -> None:
+        prim = event.primitive  # type: ignore[attr-defined]
+        if getattr(prim, "result", None) in (0x01, 0x02):
+            rejection.append(f"{prim.result_str}, {prim.source_str}: {prim.reason_str}")
+
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet,
+                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_open),
+                                           *(evt_handlers_extra or [])],
+                             **kwargs)
+    except OSError as exc:
+        raise AssociationFailed("unreachable", f"{peer}: {exc}") from None
+    if assoc.is_established:
+        return assoc
+    if not connected:
+        raise AssociationFailed("unreachable", f"{peer}: cannot connect (refused, or no route within "
+                                f"{ae.network_timeout:.0f} s)")
+    if assoc.is_rejected:
+        raise AssociationFailed("rejected", f"{peer} rejected the association ({'; '.join(rejection) or 'no reason'})")
+    if assoc.is_aborted:
+        raise AssociationFailed("aborted", f"{peer} aborted the association (no presentation context accepted?)")
+    raise AssociationFailed("unreachable", f"{peer} did not answer (connection refused or timed out)")

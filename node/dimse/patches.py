@@ -1,0 +1,76 @@
+"""Every place dicomnode reaches into pynetdicom's internals, behind one version check.
+
+pynetdicom's public API has no hook for three things the node needs:
+  - received data sets written into a sink of ours (the archive's temp folder,
+    hashed while written) rather than a NamedTemporaryFile: `receive_into`;
+  - C-MOVE/C-GET sub-operations sent from an archived file without loading
+    it: `intercept_send_c_store`;
+  - C-FIND/C-MOVE/C-GET refused (not authorized, bad retrieve identifier)
+    before pynetdicom's service loop starts: `wrap_qr_services`.
+Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
+on another minor version rather than misbehave (pyproject.toml pins it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pynetdicom
+from pydicom.dataset import Dataset
+from pynetdicom import _config, dimse_messages
+from pynetdicom.association import Association
+from pynetdicom.service_class import QueryRetrieveServiceClass
+
+VERIFIED_WITH = "3.0."
+QR_SERVICE_METHODS = {"find": "_c_find_scp", "move": "_move_scp", "get": "_get_scp"}
+_applied: set[str] = set()
+
+SendHook = Callable[..., Dataset]
+
+
+def check_version() -> None:
+    if not pynetdicom.__version__.startswith(VERIFIED_WITH) or not hasattr(dimse_messages, "NamedTemporaryFile"):
+        raise RuntimeError(f"dicomnode needs pynetdicom {VERIFIED_WITH}x (found {pynetdicom.__version__}): "
+                           "node/dimse/patches.py reaches into its internals")
+
+
+def receive_into(factory: Callable[..., Any]) -> None:
+    """pynetdicom's chunked C-STORE receive writes each data set into what `factory()` returns.
+
+    The object must behave like the NamedTemporaryFile pynetdicom creates
+    (write, file.flush, name, close). Called again, the new factory replaces
+    the old one (one archive per process).
+    """
+    check_version()
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = factory
+
+
+def intercept_send_c_store(kind: type, send: SendHook) -> None:
+    """Association.send_c_store hands data sets of type `kind` to `send(assoc, item, original, **kwargs)`."""
+    check_version()
+    if "send_c_store" in _applied:
+        return
+    original = Association.send_c_store
+
+    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if isinstance(dataset, kind):
+            if args:  # the positional parameters of send_c_store after the data set
+                kwargs = {**dict(zip(("msg_id", "priority", "originator_aet", "originator_id"), args)), **kwargs}
+            return send(self, dataset, original, **kwargs)
+        return original(self, dataset, *args, **kwargs)
+
+    Association.send_c_store = send_c_store  # type: ignore[method-assign]
+    _config.STORE_SEND_CHUNKED_DATASET = True  # files stream from disk, memory stays flat
+    _applied.add("send_c_store")
+
+
+def wrap_qr_services(wrap: Callable[[Callable[..., None], str], Callable[..., None]]) -> None:
+    """Replace the C-FIND/C-MOVE/C-GET SCP methods by `wrap(original, service)` (service: find|move|get)."""
+    check_version()
+    if "qr_services" in _applied:
+        return
+    for service, name in QR_SERVICE_METHODS.items():
+        setattr(QueryRetrieveServiceClass, name, wrap(getattr(QueryRetrieveServiceClass, name), service))
+    _applied.add("qr_services")

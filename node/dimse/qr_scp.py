@@ -1,0 +1,273 @@
+"""Query/Retrieve SCP: C-FIND, C-MOVE and C-GET answered from the archive.
+
+The handlers are generators, as pynetdicom wants them: C-FIND yields one
+pending response per matching row while the database cursor streams;
+C-MOVE and C-GET yield the destination, the number of sub-operations, then
+one ArchivedFile per instance (node/retrieve.py sends it from disk).
+Who may do what, and whether a retrieve identifier names anything, is
+checked before pynetdicom's own loops start: a refused peer gets 0x0124
+(Refused: Not Authorized), a bad retrieve identifier 0xA900, each with a
+reason and without a data set (pynetdicom's loop would add an empty Failed
+SOP Instance UID List and count one failed sub-operation that never was;
+DCMTK's getscu then fails to release the association).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+from pynetdicom.dsutils import decode
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomnode.errors import QueryError
+from dicomnode.node.dimse import patches, retrieve
+from dicomnode.node.dimse.ae import qr_root
+from dicomnode.node.dimse.find import HeaderReader, Request, build_response, iter_matches, parse_identifier
+from dicomnode.node.dimse.status import (
+    CANCEL,
+    IDENTIFIER_MISMATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    status_dataset,
+)
+from dicomnode.node.settings import Settings
+from dicomnode.storage.archive import Archive
+from dicomnode.storage.query.matching import LIST, SINGLE, Condition
+from dicomnode.storage.query.sql import UNIQUE_KEYS, Key, Query, build_query, run
+
+log = logging.getLogger("dicomnode.qr")
+PRIMITIVES = {"find": C_FIND, "move": C_MOVE, "get": C_GET}
+
+
+class QueryRetrieveSCP:
+    def __init__(self, settings: Settings, archive: Archive) -> None:
+        self.settings = settings
+        self.layout = archive.layout
+        self.db = archive.db
+        retrieve.install()
+        install_authorization(self.refusal, self.retrieve_problem)
+
+    def handlers(self) -> list[EventHandlerType]:
+        return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get)]
+
+    # -- who may do what ----------------------------------------------------------
+
+    def refusal(self, calling_aet: str, service: str) -> str | None:
+        """Why a peer may not use a service, or None."""
+        if self.settings.may_use(calling_aet, service):
+            return None
+        return f"{calling_aet} is not allowed {service}"
+
+    def retrieve_problem(self, sop_class_uid: str, identifier: Dataset) -> Dataset | None:
+        """The 0xA900 status of a C-MOVE/C-GET identifier that names nothing retrievable, or None."""
+        root = qr_root("move", sop_class_uid) or qr_root("get", sop_class_uid) or "STUDY"
+        try:
+            self._retrieve_query(root, identifier)
+        except QueryError as exc:
+            return status_dataset(IDENTIFIER_MISMATCH, str(exc))
+        return None
+
+    # -- C-FIND -------------------------------------------------------------------
+
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        t0 = time.perf_counter()
+        model = qr_root("find", str(event.request.AffectedSOPClassUID))
+        who = event.assoc.requestor.ae_title
+        try:
+            req = parse_identifier(event.identifier, model or "STUDY", self.settings.pn_case_insensitive)
+        except QueryError as exc:
+            log.warning("C-FIND from %s refused: %s", who, exc)
+            yield status_dataset(IDENTIFIER_MISMATCH, str(exc)), None
+            return
+        n = 0
+        limit = self.settings.max_results
+        headers = HeaderReader(self.layout.root)
+        try:
+            with self.db.engine.connect() as conn:
+                for row, header in iter_matches(req, run(conn, req.query, self.db.dialect), headers):
+                    if event.is_cancelled:
+                        log.info("C-FIND from %s cancelled after %d matches", who, n)
+                        yield CANCEL, None
+                        return
+                    if limit and n >= limit:
+                        log.warning("C-FIND from %s: more than %d matches, answer cut", who, limit)
+                        yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
+                        return
+                    _let_the_peer_speak(event.assoc)
+                    yield PENDING, build_response(req, row, header, self.settings.aet)
+                    n += 1
+        except SQLAlchemyError as exc:
+            log.error("C-FIND from %s failed: %s", who, exc)
+            yield status_dataset(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}"), None
+            return
+        log.info("C-FIND %s level from %s: %d matches in %.1f ms", req.query.level, who, n,
+                 (time.perf_counter() - t0) * 1000)
+        yield SUCCESS, None
+
+    # -- C-MOVE and C-GET ----------------------------------------------------------
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        who = event.assoc.requestor.ae_title
+        dest_aet = str(event.move_destination).strip()
+        remote = self.settings.remote_by_aet(dest_aet)
+        if remote is None or "store" not in remote.services:
+            log.warning("C-MOVE from %s to unknown destination %r", who, dest_aet)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+            return
+        files, problem = self._selection(event, "move")
+        kwargs = {"contexts": retrieve.contexts_for([(f.SOPClassUID, f.__dict__["archived_syntax"])
+                                                     for f in files] or [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]),
+                  "max_pdu": self.settings.max_pdu}
+        yield remote.host, remote.port, kwargs
+        yield from self._suboperations(event, files, problem, f"C-MOVE from {who} to {dest_aet}")
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        files, problem = self._selection(event, "get")
+        yield from self._suboperations(event, files, problem, f"C-GET from {event.assoc.requestor.ae_title}")
+
+    def _suboperations(self, event: Event, files: list[retrieve.ArchivedFile], problem: Dataset | None,
+                       what: str) -> Iterator[Any]:
+        if problem is not None:
+            # the count must come first; a failure then ends the operation with its comment
+            yield 1
+            yield problem, None
+            return
+        yield len(files)
+        log.info("%s: %d instance(s)", what, len(files))
+        for f in files:
+            if event.is_cancelled:
+                log.info("%s cancelled", what)
+                yield CANCEL, None
+                return
+            yield PENDING, f
+
+    def _selection(self, event: Event, service: str) -> tuple[list[retrieve.ArchivedFile], Dataset | None]:
+        """The archived instances a retrieve identifier names (by unique keys, lists allowed)."""
+        model = qr_root(service, str(event.request.AffectedSOPClassUID)) or "STUDY"
+        try:
+            query = self._retrieve_query(model, event.identifier)
+            with self.db.engine.connect() as conn:
+                rows = list(run(conn, query, self.db.dialect))
+        except QueryError as exc:
+            return [], status_dataset(IDENTIFIER_MISMATCH, str(exc))
+        except SQLAlchemyError as exc:
+            return [], status_dataset(UNABLE_TO_PROCESS, f"index unavailable: {type(exc).__name__}")
+        return [retrieve.ArchivedFile(self.layout.absolute(r["path"]), r["SOPClassUID"], r["SOPInstanceUID"],
+                                      r["TransferSyntaxUID"]) for r in rows], None
+
+    def _retrieve_query(self, model: str, identifier: Dataset) -> Query:
+        req = parse_identifier(identifier, model, self.settings.pn_case_insensitive, hierarchical=False)
+        query = build_query(model, "IMAGE", retrieve_keys(req), hierarchical=False)
+        query.keys += [Key(kw, "", None, "index", "IMAGE")
+                       for kw in ("SOPInstanceUID", "SOPClassUID", "TransferSyntaxUID", "path")]
+        return query
+
+
+def _let_the_peer_speak(assoc: Association, backlog: int = 2, patience: float = 5.0) -> None:
+    """Wait until the association has sent (almost) all we queued.
+
+    pynetdicom's DUL thread either sends a queued PDU or reads one from the
+    socket, sending first: were we to queue a huge answer at once, a C-CANCEL
+    would only be read after the last response. Keeping the queue short also
+    keeps memory flat.
+    """
+    q = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    if q is None:
+        return
+    deadline = time.monotonic() + patience
+    while q.qsize() > backlog and time.monotonic() < deadline and assoc.is_established:
+        time.sleep(0.0005)
+
+
+def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:
+    """A retrieve names what it wants by unique keys (PS3.4 C.4.2.2.1), its own level's first of all.
+
+    Other keys with a value are refused rather than ignored: ignoring
+    Modality=CT next to a StudyInstanceUID would send the whole study.
+    """
+    level = req.query.level
+    given: list[tuple[str, str, Condition | None]] = []
+    for kw, vr, cond in req.keys:
+        if cond is None:
+            continue
+        if kw not in UNIQUE_KEYS.values():
+            raise QueryError(f"{kw}: a retrieve identifier holds unique keys only")
+        if cond.kind not in (SINGLE, LIST):  # "PAT*" would retrieve whoever matches
+            raise QueryError(f"{kw}: a retrieve names values (one or a list), not a pattern or range")
+        given.append((kw, vr, cond))
+    if UNIQUE_KEYS[level] not in {kw for kw, _vr, _c in given}:
+        raise QueryError(f"a {level}-level retrieve needs a value of {UNIQUE_KEYS[level]}")
+    return given
+
+
+# -- authorization ahead of pynetdicom's service loops -----------------------------
+
+_policy: list[Callable[[str, str], str | None]] = []
+_retrieve_check: list[Callable[[str, Dataset], Dataset | None]] = []
+
+
+def install_authorization(policy: Callable[[str, str], str | None],
+                          retrieve_check: Callable[[str, Dataset], Dataset | None] | None = None) -> None:
+    """Refuse C-FIND/C-MOVE/C-GET of peers the policy names, and retrieves whose
+    identifier the check finds wrong, before any sub-operation starts."""
+    _policy[:] = [policy]
+    _retrieve_check[:] = [retrieve_check] if retrieve_check else []
+    patches.wrap_qr_services(_guarded)
+
+
+def _guarded(original: Callable[..., None], service: str) -> Callable[..., None]:
+    primitive = PRIMITIVES[service]
+
+    def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
+        why = _policy[0](self.assoc.requestor.ae_title, service) if _policy else None
+        if why is not None:
+            log.warning("C-%s refused: %s", service.upper(), why)
+            return _answer(self, req, context, primitive, status_dataset(NOT_AUTHORIZED, why))
+        if service != "find" and _retrieve_check:
+            problem = _retrieve_check[0](str(req.AffectedSOPClassUID), _identifier(req, context))
+            if problem is not None:
+                log.warning("C-%s from %s refused: %s", service.upper(), self.assoc.requestor.ae_title,
+                            problem.ErrorComment)
+                return _answer(self, req, context, primitive, problem)
+        return original(self, req, context)
+
+    return scp
+
+
+def _identifier(req: Any, context: Any) -> Dataset:
+    """Decoded as pynetdicom decodes it for the handler; an undecodable one checks as empty (0xA900)."""
+    syntax = context.transfer_syntax[0]
+    try:
+        req.Identifier.seek(0)
+        ds = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        ds.QueryRetrieveLevel  # noqa: B018 - parse now, inside the try
+        return ds
+    except Exception:
+        return Dataset()
+    finally:
+        req.Identifier.seek(0)
+
+
+def _answer(scp: QueryRetrieveServiceClass, req: Any, context: Any, primitive: type, st: Dataset) -> None:
+    """A final response of our own, with no data set: nothing was attempted, nothing failed."""
+    rsp = primitive()
+    rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rsp.Status = st.Status
+    rsp.ErrorComment = st.ErrorComment  # status_dataset has fitted it to its LO
+    if primitive is not C_FIND:
+        rsp.NumberOfCompletedSuboperations = rsp.NumberOfFailedSuboperations = 0
+        rsp.NumberOfWarningSuboperations = 0
+    scp.dimse.send_msg(rsp, context.context_id)

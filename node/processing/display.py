@@ -1,0 +1,224 @@
+"""From stored pixel values to what a viewer shows (PS3.3 C.11, PS3.14), one frame at a time.
+
+decode (pydicom + pylibjpeg, GDCM as the fallback) -> Modality LUT (rescale in
+float64, or the Modality LUT Sequence) -> VOI (window, VOI LUT, LINEAR /
+LINEAR_EXACT / SIGMOID; else a percentile window) -> presentation (MONOCHROME1
+inverted; palette and YBR to RGB). Frames come from pydicom's iter_pixels, so
+memory holds one frame, whatever the object's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomnode.errors import DisplayError
+
+AUTO_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass
+class Window:
+    center: float
+    width: float
+
+
+@dataclass
+class Frame:
+    index: int
+    pixels: np.ndarray  # (rows, cols) float in 0..1 for grey, (rows, cols, 3) uint8 for colour
+    colour: bool
+
+
+def header(path: Path) -> Dataset:
+    """Part 10 files, and bare data sets as old modalities wrote them; not any file pydicom can force."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, force=True)
+        with open(path, "rb") as f:
+            part10 = f.read(132)[128:] == b"DICM"
+    except Exception as exc:
+        raise DisplayError(f"cannot read the header: {type(exc).__name__}: {exc}") from exc
+    if not (part10 or "TransferSyntaxUID" in ds.file_meta or any(t.group == 0x0008 for t in ds.keys())):
+        raise DisplayError("not a DICOM file (no 'DICM' prefix, no File Meta, no identifying group 0008)")
+    return ds
+
+
+def frame_count(ds: Dataset) -> int:
+    try:
+        n = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        n = 1
+    return max(n, 1)
+
+
+def frame_rate(ds: Dataset, default: float = 10.0) -> float:
+    """FrameTime (ms), CineRate, RecommendedDisplayFrameRate, else the default."""
+    for kw, convert in (("FrameTime", lambda v: 1000.0 / v), ("CineRate", float),
+                        ("RecommendedDisplayFrameRate", float)):
+        try:
+            v = float(ds.get(kw) or 0)
+            if v > 0:
+                rate = convert(v)
+                if 0.1 <= rate <= 240:
+                    return rate
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+    return default
+
+
+def has_pixel_data(path: Path) -> bool:
+    """Seeks past everything else; bulk values stay on disk (defer_size)."""
+    try:
+        return "PixelData" in dcmread(path, specific_tags=["PixelData"], force=True, defer_size=64)
+    except Exception as exc:
+        raise DisplayError(f"cannot read the file: {type(exc).__name__}: {exc}") from exc
+
+
+def frames(path: Path, window: Window | None = None, indices: list[int] | None = None) -> Iterator[Frame]:
+    """Display-ready frames of a file; DisplayError when no decoder can read it."""
+    ds = header(path)
+    if not has_pixel_data(path):
+        raise DisplayError("no Pixel Data (not an image)")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    produced = False
+    last_error: Exception | None = None
+    for plugin in ("", "gdcm", "frame-by-index", "whole-dataset"):
+        try:
+            for i, arr in zip(indices or range(frame_count(ds)), _iter(path, plugin, indices)):
+                produced = True
+                yield _display(arr, ds, photometric, window, i)
+            return
+        except DisplayError:
+            raise
+        except Exception as exc:  # a decoder that cannot: try the next one, unless it already gave frames
+            if produced:
+                raise DisplayError(f"decoding stopped part-way: {type(exc).__name__}: {exc}") from exc
+            last_error = exc
+    ts = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
+    name = getattr(ts, "name", str(ts))
+    raise DisplayError(f"no decoder can read this pixel data ({name}): "
+                       f"{type(last_error).__name__}: {last_error}")
+
+
+def _iter(path: Path, plugin: str, indices: list[int] | None) -> Iterator[np.ndarray]:
+    """pydicom's streaming decoder; GDCM's; pydicom's one-frame-at-a-time path, whose post-processing
+    copes with J2K sign mismatches that trip the streaming one; last, the whole data set as parsed
+    (files whose header pydicom had to repair, e.g. implicit VR under an explicit transfer syntax)."""
+    if plugin == "whole-dataset":  # a header pydicom had to repair: decode from the parsed data set
+        ds = dcmread(path, force=True)
+        if "TransferSyntaxUID" not in ds.file_meta:  # a bare data set: its encoding is its syntax
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        return iter_pixels(ds, indices=indices)
+    if plugin == "frame-by-index":
+        n = frame_count(header(path))
+        return (pixel_array(path, index=i) for i in (indices if indices is not None else range(n)))
+    return iter_pixels(path, indices=indices, decoding_plugin=plugin)
+
+
+def _display(arr: np.ndarray, ds: Dataset, photometric: str, window: Window | None, index: int) -> Frame:
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        return Frame(index, _to_uint8(rgb, _lut_bits(ds)), True)
+    if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (iter_pixels converts YBR to RGB and handles planes)
+        return Frame(index, _to_uint8(arr, int(ds.get("BitsStored") or 8)), True)
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    grey = _voi(values, ds, window)
+    if photometric == "MONOCHROME1":
+        grey = 1.0 - grey
+    return Frame(index, grey, False)
+
+
+def _voi(values: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """VOI to 0..1: an explicit window, the VOI LUT Sequence, the first window, else a percentile window."""
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if window is not None:
+        return window_function(values, window.center, window.width, "LINEAR")
+    if "VOILUTSequence" in ds:
+        try:
+            item = ds.VOILUTSequence[0]
+            out = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
+            data = np.asarray(item.LUTData, dtype=np.float64)
+            lo, hi = float(data.min()), float(data.max())
+            if hi > lo:
+                return np.clip((out - lo) / (hi - lo), 0.0, 1.0)
+        except Exception:
+            pass  # a malformed VOI LUT: the window, or the automatic one
+    first = first_window(ds)
+    if first is not None:
+        return window_function(values, first.center, first.width, function)
+    return auto_window(values)
+
+
+def first_window(ds: Dataset) -> Window | None:
+    try:
+        c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+        if c is None or w is None:
+            return None
+        c = float(c[0] if isinstance(c, (list, MultiValue)) else c)
+        w = float(w[0] if isinstance(w, (list, MultiValue)) else w)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return Window(c, w) if w > 0 else None
+
+
+def window_function(x: np.ndarray, c: float, w: float, function: str = "LINEAR") -> np.ndarray:
+    """PS3.3 C.11.2.1.2 and C.11.2.1.3, scaled to 0..1."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / max(w, 1e-9)))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - c) / max(w, 1e-9) + 0.5, 0.0, 1.0)
+    w = max(w, 1.0)
+    if w == 1.0:
+        return (x > c - 0.5).astype(np.float64)
+    return np.clip((x - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
+
+
+def auto_window(values: np.ndarray) -> np.ndarray:
+    """No VOI in the data set: the 0.5th to 99.5th percentile, robust to a few extreme pixels."""
+    if not values.size:
+        return values.astype(np.float64)
+    lo, hi = (float(v) for v in np.percentile(values, AUTO_PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+        if hi <= lo:
+            return np.zeros_like(values, dtype=np.float64)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    shift = max(bits - 8, 0)
+    return np.clip(arr.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+
+
+def _lut_bits(ds: Dataset) -> int:
+    try:
+        return int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception:
+        return 16
+
+
+def to_grey(frame: Frame, bits: int) -> np.ndarray:
+    """A grey frame as uint16 (0..65535) or uint8; a colour frame as it is."""
+    if frame.colour:
+        return frame.pixels
+    top = 65535 if bits == 16 else 255
+    return np.rint(frame.pixels * top).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def to_rgb8(frame: Frame) -> np.ndarray:
+    if frame.colour:
+        return frame.pixels
+    g = np.rint(frame.pixels * 255).astype(np.uint8)
+    return np.stack([g, g, g], axis=-1)

@@ -1,0 +1,1 @@
+"""The benchmarks behind `scripts/bench` (entry point: __main__.py)."""

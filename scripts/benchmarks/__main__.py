@@ -1,0 +1,90 @@
+"""`scripts/bench`: the benchmarks, side by side in one run (run as `python -m scripts.benchmarks`).
+
+C-FIND latency (the node and Orthanc on the same 10,000-study index),
+conversion (MP4 against GIF), ingest (the node, DCMTK storescp, Orthanc).
+Prints tables and writes bench-results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scripts.benchmarks import convert, find, ingest
+from tests.support.proc import ROOT
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
+    ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
+    ap.add_argument("--only", choices=["ingest", "find", "convert"], help="run one part (default: all)")
+    ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
+    ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dicomnode-bench-", dir=ROOT / "bench-results"
+                                 if (ROOT / "bench-results").is_dir() else None))
+    try:
+        results: dict[str, dict[str, float]] = {}
+        if args.only in (None, "find") and shutil.which("Orthanc"):
+            found = find.run(work, args.find_studies, args.find_reps)
+            report(found, title=f"C-FIND, {args.find_studies} studies / {args.find_studies * 10} instances "
+                                "(median ms of one query over its own association; ratio = dicomnode / orthanc)")
+            results.update({f"find: {k}": v for k, v in found.items()})
+            shutil.rmtree(work / "find-data", ignore_errors=True)
+        if args.only in (None, "convert"):
+            print("measuring conversion (200-frame 512x512 cine) ...", file=sys.stderr)
+            conv = convert.run(work)
+            report(conv, title="convert: MP4 (H.264) against GIF, same 200-frame cine loop")
+            results.update({f"convert: {k}": v for k, v in conv.items()})
+        if args.only in (None, "ingest"):
+            got = ingest.run(work, args.no_big, args.orthanc_big, args.reps)
+            report(got)
+            results.update(got)
+        _write(args.out, results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _write(out: Path, results: dict[str, dict[str, float]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2))
+    print(f"written {out}", file=sys.stderr)
+
+
+def report(results: dict[str, dict[str, float]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = list(dict.fromkeys(k for r in results.values() for k in r))
+    t = Table(title=title or "ingest (seconds unless stated; ratio = dicomnode / other); "
+                             "dicomnode analyses every image on arrival, 'no jobs' does not")
+    t.add_column("metric")
+    for name in results:
+        t.add_column(name, justify="right")
+    for m in metrics:
+        cells = []
+        mine = results.get("dicomnode", {}).get(m)
+        for name, r in results.items():
+            v = r.get(m)
+            if v is None:
+                cells.append("-")
+            elif name == "dicomnode" or mine is None or not v:
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(f"{v:.2f} ({mine / v:.2f}x)")
+        t.add_row(m, *cells)
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

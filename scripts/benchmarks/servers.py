@@ -1,0 +1,80 @@
+"""The receivers the benchmarks compare, started the same way for every benchmark: the node,
+DCMTK storescp and Orthanc (both with TCP_NODELAY=1), on free loopback ports, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.support.net import free_port, wait_port
+from tests.support.peers import Peer
+from tests.support.proc import DICOMNODE, ROOT
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process and its children (storescp --fork, Orthanc's single process)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total = max(total, int(line.split()[1]))
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+Server = Peer  # a started receiver: name, process, port, AE title, storage folder; stop()
+
+
+def start_node(work: Path, concurrent: bool = True, actions: str = "analyze") -> Server:
+    storage = work / "node"
+    env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
+           "DICOMNODE_DEFAULT_ACTIONS": actions}
+    proc = subprocess.Popen([*DICOMNODE, "serve", "--storage", str(storage), "--host",
+                             "127.0.0.1", "--port", "0", "--aet", "DICOMNODE"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    m = re.search(r":(\d+) as", line)
+    if not m:
+        raise RuntimeError(f"node did not start: {line!r}")
+    return Server("dicomnode" if actions else "dicomnode, no jobs", proc, int(m.group(1)), "DICOMNODE", storage)
+
+
+def start_storescp(work: Path, concurrent: bool = True) -> Server:
+    """+B writes data sets straight to disk (bit-preserving, as the node does); --fork serves
+    associations at once, and without it the one process we measure RSS of does the work."""
+    out = work / "storescp"
+    out.mkdir(parents=True)
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "+B", *(["--fork"] if concurrent else []), "-aet", "STORESCP", "-od", str(out), str(port)],
+                            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Server("dcmtk storescp", proc, port, "STORESCP", out)
+
+
+def start_orthanc(work: Path, concurrent: bool = True) -> Server:
+    storage = work / "orthanc"
+    storage.mkdir(parents=True)
+    port, http = free_port(), free_port()
+    conf = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+            "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4,
+            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+    (work / "orthanc.json").write_text(json.dumps(conf))
+    proc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], env={**os.environ, "TCP_NODELAY": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Server("orthanc", proc, port, "ORTHANC", storage)

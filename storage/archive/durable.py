@@ -1,0 +1,246 @@
+"""Where a file becomes durable.
+
+Every object enters the archive the same way: its bytes are streamed into a
+temporary file inside the archive (same file system, so the final rename is
+atomic), hashed while they are written, fsynced, renamed into place and the
+folder fsynced. Until the rename nothing is visible under the archive's object
+tree, so a crash at any moment leaves either nothing or a complete file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_SUFFIX = ".part"
+_BUFFER = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a folder's entries (a rename or a new file is only durable once its folder is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs_durable(path: Path) -> None:
+    """Create `path` and any missing parents, fsyncing each parent that gained an entry."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
+def place(tmp: Path, final: Path) -> None:
+    """Atomically move a fsynced temp file to its final name and make the rename durable."""
+    make_dirs_durable(final.parent)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_file(dst: Path, mode: int = 0o666) -> Iterator[Path]:
+    """A temp path beside `dst` to write; on a clean exit it becomes `dst`, durably.
+
+    Every file the node makes outside the object tree (conversions, copies,
+    de-identified files, keys) goes through here: a reader sees the old file
+    or the complete new one, and once the block is left the new one survives
+    a power cut (file fsynced, renamed, folder fsynced). On an exception the
+    temp file is removed and `dst` is untouched. `mode` is applied as open()
+    applies it (minus the umask), e.g. 0o600 for a key.
+    """
+    make_dirs_durable(dst.parent)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy durably and atomically (see atomic_file)."""
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_files(tmp_dir: Path, files: list[tuple[Path, bytes]]) -> None:
+    """Replace each file atomically (a reader sees the old or the new one), all durable on return.
+
+    One fsync per file and one per folder for the whole batch, not per file:
+    derived files are written in batches beside objects that share folders.
+    """
+    folders: set[Path] = set()
+    for final, data in files:
+        fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=TMP_SUFFIX, dir=tmp_dir)
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            make_dirs_durable(final.parent)
+            os.replace(name, final)
+        except BaseException:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+            raise
+        folders.add(final.parent)
+    for d in folders:
+        fsync_dir(d)
+
+
+def remove(path: Path) -> bool:
+    """Remove a file and persist the removal; False when it was already gone."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def _discard(fileobj: object, name: str) -> None:
+    """Finalizer of an abandoned sink (aborted association): drop the partial file."""
+    try:
+        fileobj.close()  # type: ignore[attr-defined]
+    except OSError:
+        pass
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+class HashingSink:
+    """A temp file in the archive that hashes what is written as it is written.
+
+    Hashing while streaming means a stored object is never read a second time
+    for its content hash. Write errors (ENOSPC, EIO) are recorded rather than
+    raised: raised inside pynetdicom's PDU decoding they would abort the
+    association, whereas recorded they let the C-STORE handler answer with
+    0xA700 (Out of Resources) and keep the association alive.
+
+    The object also satisfies what pynetdicom expects of the NamedTemporaryFile
+    it normally creates (``write``, ``file.flush``, ``name``, ``close``).
+    """
+
+    def __init__(self, tmp_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=TMP_SUFFIX, dir=tmp_dir)
+        self.name = name
+        self.path = Path(name)
+        self._f = open(fd, "wb", buffering=_BUFFER)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None
+        self._finalizer = weakref.finalize(self, _discard, self._f, name)
+
+    @property
+    def file(self) -> HashingSink:
+        return self
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        self.size += n
+        if self.error is None:
+            try:
+                self._f.write(data)
+                self._hash.update(data)
+            except OSError as exc:
+                self.error = exc
+        return n
+
+    def flush(self) -> None:
+        """No-op: pynetdicom flushes after every PDV; buffering is ours to decide."""
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def seal(self) -> None:
+        """Flush and fsync; afterwards the bytes are on disk (raises OSError on failure)."""
+        if self.error is not None:
+            raise self.error
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.close()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            try:
+                self._f.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+    def kept(self) -> None:
+        """The file was renamed into the archive: nothing left to clean up."""
+        self.close()
+        self._finalizer.detach()
+
+    def discard(self) -> None:
+        self._finalizer()
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def clean_stale_temp(tmp_dir: Path) -> int:
+    """Remove temp files left by processes that are gone (a crash mid-receive)."""
+    removed = 0
+    for p in tmp_dir.glob(f"*{TMP_SUFFIX}"):
+        pid_text = p.name.split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        try:
+            p.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,134 @@
+"""Reading what the index needs from a stored object, without its bulk data.
+
+The header is parsed up to Pixel Data and large values are deferred, so the
+cost of validating an object does not grow with its size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from dicomnode.errors import HeaderError
+from dicomnode.storage.index.models import Instance, Patient, Series, Study, dicom_tags, integer_columns
+
+DEFER_BYTES = 64 * 1024
+MAX_PREFIX = 1 << 20  # a longer header (large private blobs before Pixel Data) is parsed with deferral
+
+# Objects are archived as received; checking every value's VR syntax on the
+# way in would only cost time (and fill the log) on the hot path.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+_UID_CHARS = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass
+class Header:
+    meta: FileMetaDataset
+    ds: Dataset
+
+    @property
+    def transfer_syntax(self) -> str:
+        return str(self.meta.get("TransferSyntaxUID", ""))
+
+    def uid(self, keyword: str) -> str:
+        return str(self.ds.get(keyword, "") or "").strip("\x00 ")
+
+
+def read_header(path: Path, force: bool = False) -> Header:
+    """Parse the File Meta and the data set up to (not including) Pixel Data."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=force)
+        meta = ds.file_meta
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise HeaderError(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
+    return Header(meta=meta, ds=ds)
+
+
+def read_stored_header(path: Path, pixel_data_offset: int | None = None) -> Dataset:
+    """The data set of an archived file up to Pixel Data: what C-FIND returns beyond the index.
+
+    The archived file's own first bytes are the header copy: once the
+    analysis has recorded where the pixel data's value starts, one read of
+    that prefix is all it takes; before that, the file is parsed up to Pixel
+    Data with large values deferred. Either way no bulk data is read.
+    """
+    if pixel_data_offset and pixel_data_offset <= MAX_PREFIX:
+        with open(path, "rb") as f:
+            prefix = f.read(pixel_data_offset)
+        return dcmread(BytesIO(prefix), stop_before_pixels=True, force=True)
+    return dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=True)
+
+
+def uid_problem(value: str) -> str | None:
+    """Why a UID cannot identify an object, or None.
+
+    Leading zeros in a component are tolerated: several vendors emit them,
+    and refusing their images would lose data for a cosmetic violation.
+    """
+    if not value:
+        return "missing"
+    if len(value) > 64:
+        return f"longer than 64 characters ({len(value)})"
+    if not _UID_CHARS.match(value):
+        return "not digits separated by dots"
+    return None
+
+
+def text(value: Any) -> str | None:
+    """A DICOM value in its string form: multi-values joined by backslash, names as stored."""
+    if value is None:
+        return None
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(text(v) or "" for v in value)
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1", "replace")
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def level_values(ds: Dataset, model: type) -> dict[str, Any]:
+    """The values of a level's indexed DICOM attributes present in the data set."""
+    values: dict[str, Any] = {}
+    ints = integer_columns(model)
+    for kw, tag in dicom_tags(model):
+        if tag not in ds:
+            continue
+        try:
+            raw = ds[tag].value
+        except Exception:
+            continue  # an unreadable optional attribute is not worth losing the object
+        values[kw] = _int(raw) if kw in ints else text(raw)
+    return values
+
+
+def index_values(header: Header) -> dict[str, dict[str, Any]]:
+    ds = header.ds
+    inst = level_values(ds, Instance)
+    inst["TransferSyntaxUID"] = header.transfer_syntax
+    inst["SOPClassUID"] = header.uid("SOPClassUID")
+    inst["SOPInstanceUID"] = header.uid("SOPInstanceUID")
+    if inst.get("NumberOfFrames") is None and inst.get("Rows"):
+        inst["NumberOfFrames"] = 1
+    return {
+        "PATIENT": level_values(ds, Patient),
+        "STUDY": level_values(ds, Study),
+        "SERIES": level_values(ds, Series),
+        "IMAGE": inst,
+    }

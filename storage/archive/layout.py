@@ -1,0 +1,78 @@
+"""The archive on disk: the one place that knows where anything lives.
+
+    <root>/objects/<ab>/<study>/<series>/<instance>-<content>.dcm   the objects
+    <root>/objects/.../<instance>-<content>.dcm.analysis.json       an object's analysis report
+    <root>/derived/<ab>/<study>/<series>/...                        conversions (PNG, MP4, ...)
+    <root>/tmp/                 temp files being received (same file system: renames are atomic)
+    <root>/secret/anonymize.key  the node's pseudonym key (made on first use, mode 0600)
+    <root>/index.sqlite         the default index
+
+Every path component under objects/ and derived/ is a hash: of the Study,
+Series and SOP Instance UIDs and of the content. Nothing a peer sends ever
+becomes part of a path, and two versions of one instance (overwrite policy)
+have different names, so the old file can stay until the index points at
+the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+OBJECTS = "objects"
+DERIVED = "derived"
+TMP = "tmp"
+SECRET = "secret"
+INDEX_FILE = "index.sqlite"
+REPORT_SUFFIX = ".analysis.json"
+
+
+def uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def objects(self) -> Path:
+        return self.root / OBJECTS
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / TMP
+
+    @property
+    def derived(self) -> Path:
+        return self.root / DERIVED
+
+    @property
+    def pseudonym_key(self) -> Path:
+        """The node's secret key for de-identification pseudonyms (made on first use)."""
+        return self.root / SECRET / "anonymize.key"
+
+    @property
+    def default_index_url(self) -> str:
+        """SQLite in the archive folder, the index when no other database is configured."""
+        return f"sqlite:///{(self.root / INDEX_FILE).resolve()}"
+
+    def object_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> Path:
+        study = uid_hash(study_uid)
+        return (self.objects / study[:2] / study / uid_hash(series_uid)
+                / f"{uid_hash(sop_uid)}-{sha256[:12]}.dcm")
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def absolute(self, rel: str) -> Path:
+        return self.root / rel
+
+    def report_path(self, dcm: Path) -> Path:
+        """The analysis report of an archived object lies beside it."""
+        return dcm.with_name(dcm.name + REPORT_SUFFIX)
+
+    def derived_folder(self, dcm: Path) -> Path:
+        """Where conversions of an archived object go: its own folder's mirror under derived/."""
+        return self.derived / Path(self.relative(dcm)).parent

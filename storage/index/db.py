@@ -1,0 +1,113 @@
+"""Opening the index database: engine settings per backend and schema migration.
+
+SQLite is the embedded default. It runs in WAL mode with synchronous=FULL, so
+a committed row survives a power cut (NORMAL would only survive a crash of
+the process). Write transactions (connections with the WRITE option, see
+writer()) start with BEGIN IMMEDIATE, so that concurrent writers queue on the
+busy timeout instead of failing with "database is locked" when a read
+transaction tries to become a write one; read transactions start with a
+plain BEGIN and, in WAL mode, never hold up a writer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.storage.query.matching import fold
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 60_000
+WRITE = "dicomnode_write"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_index_engine(url: str) -> Engine:
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        pool_size=16,
+        max_overflow=16,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.close()
+        # SQLite's lower() folds ASCII only; case-insensitive name matching must fold "Müller" too
+        dbapi_conn.create_function("dn_fold", 1, _fold, deterministic=True)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
+    return engine
+
+
+def _fold(value: str | None) -> str | None:
+    return None if value is None else fold(value)
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine and pool, for transactions that will write."""
+    return engine.execution_options(**{WRITE: True})
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with writer(engine).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Database:
+    """The index database: its engine, read sessions, and write transactions.
+
+    SQLite has one writer at a time and makes the others wait in a sleeping
+    busy handler (1, 2, 5, 10 ... ms naps). Queueing our own threads on a
+    lock hands the write lock over at once instead; PostgreSQL needs no lock.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_index_engine(url)
+        migrate(self.engine)
+        self.dialect = self.engine.dialect.name
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)  # reads
+        self.write_engine = writer(self.engine)
+        self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._write_lock: threading.Lock | nullcontext[None] = (
+            threading.Lock() if is_sqlite(url) else nullcontext())
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """An ORM session in a write transaction, committed on a clean exit."""
+        with self._write_lock, self._write_sessions.begin() as s:
+            yield s
+
+    @contextmanager
+    def writing_connection(self) -> Iterator[Connection]:
+        """A Core connection in a write transaction, committed on a clean exit."""
+        with self._write_lock, self.write_engine.begin() as conn:
+            yield conn
