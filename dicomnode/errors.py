@@ -21,6 +21,10 @@ class HeaderError(DicomnodeError, ValueError):
     """The object cannot be parsed as DICOM."""
 
 
+class ArchiveError(DicomnodeError):
+    """The archive cannot be opened (folder, index database), or there is none where one is expected."""
+
+
 class QueryError(DicomnodeError, ValueError):
     """The identifier cannot be answered as asked; the message goes to the peer as Error Comment."""
 

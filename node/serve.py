@@ -19,7 +19,7 @@ QUEUE_LOG_SECONDS = 5.0
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
-    arc = services.archive(settings)
+    arc = services.archive(settings, create=True)
     queue = arc.jobs
     requeued = queue.requeue_running()
     if requeued:
@@ -42,6 +42,7 @@ def serve(settings: Settings) -> int:
         raise
     assert server is not None  # block=False returns the running server
     host, port = server.server_address[:2]
+    qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
     print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
     log.info("archive %s, index %s, duplicates: %s", arc.layout.root,
              settings.db_url or "sqlite (in archive)", settings.duplicate_policy)

@@ -5,7 +5,8 @@ ingester, find the files behind a UID, delete.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomnode.node.settings import Settings
@@ -15,9 +16,9 @@ from dicomnode.storage.query.listing import find_any, list_level
 from dicomnode.storage.query.sql import UNIQUE_KEYS
 
 
-def archive(settings: Settings) -> Archive:
-    """The archive and index the settings name (made on first use)."""
-    return open_archive(settings.storage_path, settings.db_url)
+def archive(settings: Settings, create: bool = False) -> Archive:
+    """The archive and index the settings name; made there only with `create` (see open_archive)."""
+    return open_archive(settings.storage_path, settings.db_url, create=create)
 
 
 def ingester(settings: Settings, arc: Archive, plan: Plan | None = None) -> Ingester:
@@ -33,6 +34,35 @@ def instance_files(arc: Archive, uid: str) -> list[Path] | None:
     if level is None:
         return None
     return [arc.layout.absolute(r["path"]) for r in list_level(arc.db, "IMAGE", {UNIQUE_KEYS[level]: uid})]
+
+
+@dataclass
+class Inputs:
+    """Files found under what an operator named, and what could not be read, with the reason."""
+
+    files: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def collect_files(paths: list[Path]) -> Inputs:
+    """Files given, and files below folders given (sorted, hidden ones skipped), recursively.
+
+    A folder that cannot be listed is not skipped in silence: it is reported
+    in `unreadable` with the reason, so a command can count it as a failure.
+    """
+    found = Inputs()
+    for p in paths:
+        if not p.is_dir():
+            found.files.append(p)
+            continue
+
+        def failed(exc: OSError) -> None:
+            found.unreadable.append((Path(exc.filename or p), exc.strerror or str(exc)))
+
+        for folder, dirs, names in os.walk(p, onerror=failed):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.files.extend(Path(folder) / n for n in sorted(names) if not n.startswith("."))
+    return found
 
 
 @dataclass

@@ -81,7 +81,7 @@ class Settings:
     to_folder: str = _setting("anonymize", "", "also write de-identified instances into this folder")
     delete_original: bool = _setting("anonymize", False, "remove the original once its de-identified copy is safe")
     hold_burned_in: bool = _setting("anonymize", True, "do not forward instances that may show burned-in text")
-    convert_formats: list[str] = _setting("convert", ["png", "mp4", "gif", "txt", "json"],
+    convert_formats: list[str] = _setting("convert", ["png", "mp4", "txt", "json"],
                                           "outputs of the convert action: png, mp4, gif, txt, json")
     png_bits: int = _setting("convert", 16, "grey PNG depth: 16 or 8")
     fps: float = _setting("convert", 0.0, "frame rate of videos; 0 = from the data set (else 10)")

@@ -13,13 +13,15 @@ mind when adding a command. Exit codes are documented in common.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import Annotated
 
 import typer
 
 from dicomnode.node.cli import archive, files, jobs, remote
-from dicomnode.node.cli.common import EXIT_FAIL, err
+from dicomnode.node.cli.common import EXIT_FAIL, err, error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dicomnode: a DICOM node that never loses an image.")
@@ -27,11 +29,29 @@ for topic in (archive, remote, files, jobs):
     topic.register(app)
 
 
+@app.callback()
+def options(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and library warnings")] = False,
+            ) -> None:
+    """dicomnode: a DICOM node that never loses an image."""
+    if debug:
+        os.environ["DICOMNODE_DEBUG"] = "1"
+        logging.getLogger("py.warnings").removeHandler(_QUIET)
+
+
+_QUIET = logging.NullHandler()
+
+
 def main() -> None:
     """Console entry point: an unexpected error is one line for the operator, not a traceback.
 
-    DICOMNODE_DEBUG=1 shows the traceback.
+    `--debug` (or DICOMNODE_DEBUG=1) shows the traceback. Library warnings
+    (pydicom's about a file's oddities) never reach the terminal as such:
+    `serve` writes them to its log, analyze and convert report them with the
+    file they concern, and elsewhere only --debug shows them.
     """
+    logging.captureWarnings(True)
+    if not os.environ.get("DICOMNODE_DEBUG"):
+        logging.getLogger("py.warnings").addHandler(_QUIET)
     try:
         app(standalone_mode=True)
     except SystemExit:
@@ -42,5 +62,5 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("DICOMNODE_DEBUG"):
             raise
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+        error("error:", f"{type(exc).__name__}: {exc}")
         sys.exit(EXIT_FAIL)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from dicomnode.errors import QueryError
+from dicomnode.errors import ArchiveError, QueryError
 from dicomnode.node import services
 from dicomnode.node.cli import common as c
-from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt
+from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt, WideOpt
 from dicomnode.storage.query.listing import find_any, list_level
 
 
@@ -28,8 +28,11 @@ def serve(
     setup_logging(s.log_level)
     try:
         code = run(s)
+    except ArchiveError as exc:  # before listening: the storage, not the network
+        c.error(str(exc))
+        raise typer.Exit(c.EXIT_FAIL) from None
     except OSError as exc:
-        c.err.print(f"[red]cannot listen on {s.host}:{s.port}:[/] {exc}")
+        c.error(f"cannot listen on {s.host}:{s.port}:", str(exc))
         raise typer.Exit(c.EXIT_FAIL) from None
     raise typer.Exit(code)
 
@@ -39,15 +42,13 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (
             force: Annotated[bool, typer.Option("--force", help="accept files without preamble/meta")] = False,
             json_out: JsonOpt = False) -> None:
     """Put local files into the archive through the same ingest path as C-STORE."""
-    from dicomnode.node.dimse.scu import iter_files
-
     s = c.settings(config, storage=storage, db=db)
-    ing = services.ingester(s, c.archive(s))
-    files = list(iter_files(paths))
-    rows: list[dict[str, Any]] = []
+    ing = services.ingester(s, c.archive(s, create=True))
+    inputs = services.collect_files(paths)
+    rows = c.unreadable_rows(inputs)
     with c.progress() as bar:
-        task = bar.add_task("importing", total=len(files))
-        for f in files:
+        task = bar.add_task("importing", total=len(inputs.files))
+        for f in inputs.files:
             o = ing.import_file(f, force=force)
             rows.append({"path": str(f), "SOPInstanceUID": o.sop_instance_uid,
                          "state": "success" if o.ok else "failed", "action": o.action,
@@ -73,11 +74,12 @@ def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | 
                                                             "matches (* and ? wildcards, date ranges, UID lists)")] = None,
        limit: Annotated[Optional[int], typer.Option("--limit", help="at most this many rows")] = None,
        problems: Annotated[bool, typer.Option("--problems", help="instances whose analysis has findings")] = False,
-       config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+       wide: WideOpt = False, config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+       json_out: JsonOpt = False) -> None:
     """List what the archive holds at one level."""
     lv = LEVEL_NAMES.get(level.lower())
     if lv is None:
-        c.err.print(f"[red]unknown level {level!r}:[/] patients, studies, series or instances")
+        c.error(f"unknown level {level!r}: patients, studies, series or instances")
         raise typer.Exit(c.EXIT_USAGE)
     keys = c.dcmtk_keys(filters or [], return_keys=False)
     s = c.settings(config, storage=storage, db=db)
@@ -85,7 +87,7 @@ def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | 
     try:
         rows = list(list_level(arc.db, lv, keys, limit, problems=problems, fold_pn=s.pn_case_insensitive))
     except QueryError as exc:
-        c.err.print(f"[red]{exc}[/]")
+        c.error(str(exc))
         raise typer.Exit(c.EXIT_USAGE) from None
     if lv == "IMAGE":
         for r in rows:
@@ -93,12 +95,9 @@ def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | 
     if json_out:
         c.emit_json(rows)
         return
-    t = Table(title=f"{len(rows)} {level}")
-    for col in LS_COLUMNS[lv]:
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if r.get(col) is None else str(r.get(col)) for col in LS_COLUMNS[lv]))
-    c.out.print(t)
+    c.out.print(c.table(f"{len(rows)} {level}", LS_COLUMNS[lv],
+                        (["" if r.get(col) is None else str(r.get(col)) for col in LS_COLUMNS[lv]] for r in rows),
+                        wide))
 
 
 def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
@@ -109,7 +108,7 @@ def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance 
     arc = c.archive(c.settings(config, storage=storage, db=db))
     level, row = find_any(arc.db, uid)
     if row is None:
-        c.err.print(f"[red]{uid} is not in the archive[/]")
+        c.error(f"{uid} is not in the archive")
         raise typer.Exit(c.EXIT_FAIL)
     header_text = ""
     if level == "IMAGE":
@@ -159,7 +158,7 @@ def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instanc
     """Remove a study, series or instance: index rows first, then its files."""
     done = services.delete(c.archive(c.settings(config, storage=storage, db=db)), uid)
     if done is None:
-        c.err.print(f"[red]{uid} is not in the archive[/]")
+        c.error(f"{uid} is not in the archive")
         raise typer.Exit(c.EXIT_FAIL)
     if json_out:
         c.emit_json({"uid": uid, "instances_deleted": done.instances, "files_removed": done.files_removed})

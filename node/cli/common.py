@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,8 +23,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from dicomnode.errors import ConfigError
+from dicomnode.errors import ArchiveError, ConfigError, DicomnodeError
 from dicomnode.node import config as cfg
 from dicomnode.node import services
 from dicomnode.node.dimse.ae import Timeouts
@@ -41,7 +43,16 @@ StorageOpt = Annotated[Optional[Path], typer.Option("--storage", help="archive f
 DbOpt = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the index")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 AetOpt = Annotated[Optional[str], typer.Option("--aet", help="our AE title (calling AE for clients)")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="whole UIDs in tables (default: cut in the middle)")]
 TargetsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or archive UIDs")]
+
+
+def error(message: str, detail: str = "") -> None:
+    """One red line on stderr: `message`, then `detail` (an exception's text) taken literally."""
+    line = Text(message, style="red")
+    if detail:
+        line.append(f" {detail}")
+    err.print(line, soft_wrap=True)
 
 
 def settings(config: Path | None, **flags: Any) -> Settings:
@@ -49,16 +60,17 @@ def settings(config: Path | None, **flags: Any) -> Settings:
     try:
         return cfg.load(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
     except ConfigError as exc:
-        err.print(f"[red]config error:[/] {exc}")
+        error("config error:", str(exc))
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def archive(s: Settings) -> Archive:
-    """The archive the settings name; one that cannot be opened ends the command (exit 1)."""
+def archive(s: Settings, create: bool = False) -> Archive:
+    """The archive the settings name (made there only with `create`, for the commands that store);
+    none there, or one that cannot be opened, ends the command (exit 1)."""
     try:
-        return services.archive(s)
-    except Exception as exc:  # unreachable database, unwritable folder
-        err.print(f"[red]cannot open the archive at {s.storage_path}:[/] {type(exc).__name__}: {exc}")
+        return services.archive(s, create)
+    except ArchiveError as exc:
+        error(str(exc))
         raise typer.Exit(EXIT_FAIL) from None
 
 
@@ -70,7 +82,7 @@ def peer(text: str) -> Peer:
     try:
         return parse_peer(text)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
+        error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -79,15 +91,15 @@ def remote_peer(s: Settings, text: str, service: str | None = None) -> Peer:
     r = s.remotes.get(text)
     if r is not None:
         if service and service not in r.services:
-            err.print(f"[red]remote {text} is not configured for {service}[/] "
-                      f"(its services: {', '.join(r.services) or 'none'})")
+            error(f"remote {text} is not configured for {service}",
+                  f"(its services: {', '.join(r.services) or 'none'})")
             raise typer.Exit(EXIT_USAGE)
         return Peer(r.aet, r.host, r.port)
     try:
         return parse_peer(text)
     except ValueError:
         known = ", ".join(s.remotes) or "none configured"
-        err.print(f"[red]{text!r} is neither a configured remote ({known}) nor AET@host:port[/]")
+        error(f"{text!r} is neither a configured remote ({known}) nor AET@host:port")
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -109,8 +121,38 @@ def failed(exc: Exception, what: str, json_out: bool = False) -> typer.Exit:
     """Report a failed association or request and the exit code its kind calls for."""
     if json_out:
         emit_json({"ok": False, "error": str(exc), "kind": getattr(exc, "kind", "")})
-    err.print(f"[red]{what} failed:[/] {exc}")
+    error(f"{what} failed:", str(exc))
     return typer.Exit(association_exit(exc))
+
+
+def short_uid(value: str, wide: bool = False) -> str:
+    """A UID cut in the middle (1.2.840.1136…92374521) so that a table row stays one line."""
+    if wide or len(value) <= 24:
+        return value
+    return f"{value[:12]}…{value[-9:]}"
+
+
+def table(title: str, columns: list[str], rows: Iterable[Sequence[str]], wide: bool = False) -> Table:
+    """A listing: UID columns (named ...UID) cut in the middle and kept on one line unless `wide`."""
+    t = Table(title=title)
+    uids = {i for i, col in enumerate(columns) if col.endswith("UID")}
+    for i, col in enumerate(columns):
+        if i in uids and not wide:
+            t.add_column(col, no_wrap=True, min_width=22)
+        else:
+            t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*(short_uid(v, wide) if i in uids else v for i, v in enumerate(row)))
+    return t
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the operator about an error: ours as they are, Python's with their type."""
+    if isinstance(exc, DicomnodeError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to process (sequences within sequences beyond the recursion limit)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def status_table(rows: list[dict[str, Any]], what: str) -> None:
@@ -155,29 +197,36 @@ def dcmtk_keys(items: list[str], return_keys: bool = True) -> dict[str, str]:
             key = keyword_for_tag(int(m[1] + m[2], 16)) or key
         if not key or (not sep and not return_keys):
             example = "Keyword=Value or Keyword" if return_keys else "Key=Value"
-            err.print(f"[red]-k {item!r}:[/] expected {example}, e.g. -k PatientID=123")
+            error(f"-k {item!r}: expected {example}, e.g. -k PatientID=123")
             raise typer.Exit(EXIT_USAGE)
         keys[key] = value
     return keys
 
 
-def resolve_targets(targets: list[str], config: Path | None, storage: Path | None, db: str | None) -> list[Path]:
-    """Paths as they are (folders recursively); anything else is looked up as a study, series or
-    instance UID in the archive."""
-    from dicomnode.node.dimse.scu import iter_files
-
-    paths: list[Path] = []
+def resolve_targets(targets: list[str], config: Path | None, storage: Path | None,
+                    db: str | None) -> services.Inputs:
+    """Paths as they are (folders recursively, unreadable ones reported); anything else is looked
+    up as a study, series or instance UID in the archive."""
+    found = services.Inputs()
     arc: Archive | None = None
     for t in targets:
         p = Path(t)
         if p.exists():
-            paths.extend(iter_files([p]))
+            got = services.collect_files([p])
+            found.files += got.files
+            found.unreadable += got.unreadable
             continue
         if arc is None:
             arc = archive(settings(config, storage=storage, db=db))
         files = services.instance_files(arc, t)
         if files is None:
-            err.print(f"[red]{t}: no such file, and not a UID in the archive[/]")
+            error(f"{t}: no such file, and not a UID in the archive")
             raise typer.Exit(EXIT_USAGE)
-        paths.extend(files)
-    return paths
+        found.files += files
+    return found
+
+
+def unreadable_rows(inputs: services.Inputs) -> list[dict[str, Any]]:
+    """A failed row per folder that could not be read: an input skipped in silence would be lost."""
+    return [{"path": str(p), "state": "failed", "status": "", "comment": f"cannot read: {why}"}
+            for p, why in inputs.unreadable]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from dicomnode.node.cli import common as c
-from dicomnode.node.cli.common import ConfigOpt, DbOpt, JsonOpt, StorageOpt
+from dicomnode.node.cli.common import ConfigOpt, DbOpt, JsonOpt, StorageOpt, WideOpt
 
 STATES = ("pending", "running", "failed", "done")
 jobs_app = typer.Typer(help="The on-arrival job queue: list, retry.", no_args_is_help=False)
@@ -18,26 +17,25 @@ jobs_app = typer.Typer(help="The on-arrival job queue: list, retry.", no_args_is
 def jobs(ctx: typer.Context,
          state: Annotated[Optional[str], typer.Option("--state", help="pending | running | failed | done")] = None,
          limit: Annotated[int, typer.Option("--limit", help="newest N jobs")] = 1000,
-         config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+         wide: WideOpt = False, config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+         json_out: JsonOpt = False) -> None:
     """List jobs, newest first, with the queue depth."""
     if ctx.invoked_subcommand is not None:
         return
     if state is not None and state not in STATES:
-        c.err.print(f"[red]--state {state!r}:[/] pending, running, failed or done")
+        c.error(f"--state {state!r}: pending, running, failed or done")
         raise typer.Exit(c.EXIT_USAGE)
     q = c.archive(c.settings(config, storage=storage, db=db)).jobs
     rows, depth = q.list(state, limit), q.depth()
     if json_out:
         c.emit_json({"depth": depth, "jobs": rows})
         return
-    t = Table(title="jobs: " + ", ".join(f"{v} {k}" for k, v in depth.items()))
-    for col in ("id", "action", "state", "attempts", "SOPInstanceUID", "updated", "last error / note"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        style = {"failed": "red", "done": "green", "running": "yellow"}.get(r["state"], "")
-        t.add_row(str(r["id"]), r["action"], f"[{style}]{r['state']}[/]" if style else r["state"], str(r["attempts"]),
-                  r["sop_instance_uid"], r["updated_at"], r["last_error"] or "")
-    c.out.print(t)
+    styles = {"failed": "red", "done": "green", "running": "yellow"}
+    c.out.print(c.table("jobs: " + ", ".join(f"{v} {k}" for k, v in depth.items()),
+                        ["id", "action", "state", "attempts", "SOPInstanceUID", "updated", "last error / note"],
+                        ([str(r["id"]), r["action"], f"[{styles[r['state']]}]{r['state']}[/]" if r["state"] in styles
+                          else r["state"], str(r["attempts"]), r["sop_instance_uid"], r["updated_at"],
+                          r["last_error"] or ""] for r in rows), wide))
 
 
 @jobs_app.command("retry")
@@ -46,7 +44,7 @@ def jobs_retry(job_id: Annotated[Optional[int], typer.Argument(help="job id")] =
                config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Queue a failed (or done) job again, or every failed job."""
     if (job_id is None) == (not all_failed):
-        c.err.print("[red]give a job id or --all-failed[/]")
+        c.error("give a job id or --all-failed")
         raise typer.Exit(c.EXIT_USAGE)
     n = c.archive(c.settings(config, storage=storage, db=db)).jobs.retry(job_id, all_failed)
     if json_out:

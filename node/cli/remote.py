@@ -17,7 +17,7 @@ from rich.table import Table
 from dicomnode.errors import AssociationFailed, QRFailed
 from dicomnode.node import services
 from dicomnode.node.cli import common as c
-from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt
+from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt, WideOpt
 from dicomnode.node.settings import Settings
 
 KeysOpt = Annotated[Optional[list[str]], typer.Option("-k", "--key", help="Keyword=Value (empty value: return key)")]
@@ -48,7 +48,7 @@ def echo(peer: Annotated[Optional[str], typer.Argument(help="remote name or AET@
 
     s = c.settings(config, aet=aet)
     if all_ == (peer is not None):
-        c.err.print("[red]give a remote, or --all[/]")
+        c.error("give a remote, or --all")
         raise typer.Exit(c.EXIT_USAGE)
     names = list(s.remotes) if peer is None else [peer]
     targets = [(n, c.remote_peer(s, n)) for n in names]
@@ -68,7 +68,7 @@ def echo(peer: Annotated[Optional[str], typer.Argument(help="remote name or AET@
             if r["ok"]:
                 c.out.print(f"{r['peer']}: C-ECHO success in {r['rtt_ms']:.1f} ms")
             else:
-                c.err.print(f"[red]{r['peer']}: echo failed:[/] {r['error']}")
+                c.error(f"{r['peer']}: echo failed:", r["error"])
     raise typer.Exit(code)
 
 
@@ -82,17 +82,17 @@ def send(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
 
     s = c.settings(config, aet=aet, storage=storage, db=db)
     p = c.remote_peer(s, peer, "store")
-    files = c.resolve_targets(targets, config, storage, db)
+    inputs = c.resolve_targets(targets, config, storage, db)
     with c.progress() as bar:
-        task = bar.add_task(f"sending to {p.aet}", total=len(files))
+        task = bar.add_task(f"sending to {p.aet}", total=len(inputs.files))
         try:
-            report = c_send(p, files, s.aet, c.timeouts(s), progress=lambda _i: bar.advance(task))
+            report = c_send(p, inputs.files, s.aet, c.timeouts(s), progress=lambda _i: bar.advance(task))
         except AssociationFailed as exc:
             raise c.failed(exc, "send") from None
-    rows = [{"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
-             "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment}
-            for i in report.items]
-    summary = {k: report.count(k) for k in ("success", "warning", "failed")}
+    rows = c.unreadable_rows(inputs) + [
+        {"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
+         "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment} for i in report.items]
+    summary = {k: sum(1 for r in rows if r["state"] == k) for k in ("success", "warning", "failed")}
     if json_out:
         c.emit_json({"peer": str(p), "summary": summary, "files": rows})
     else:
@@ -108,14 +108,14 @@ def _query(s: Settings, keys: list[str] | None, level: str | None, defaults: boo
         lv, k = split_level(c.dcmtk_keys(keys or []), level)
         return lv, identifier(lv, k, defaults)
     except ValueError as exc:
-        c.err.print(f"[red]{exc}[/]")
+        c.error(str(exc))
         raise typer.Exit(c.EXIT_USAGE) from None
 
 
 def _model(model: str) -> str:
     m = model.lower()
     if m not in ("study", "patient"):
-        c.err.print(f"[red]--model {model!r}: study or patient[/]")
+        c.error(f"--model {model!r}: study or patient")
         raise typer.Exit(c.EXIT_USAGE)
     return m
 
@@ -130,7 +130,7 @@ def _text(value: Any) -> str:
 
 def find(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")],
          keys: KeysOpt = None, level: LevelOpt = None, model: ModelOpt = "study",
-         csv_out: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+         csv_out: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False, wide: WideOpt = False,
          config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
     """C-FIND on a remote node; the matches as a table, JSON or CSV."""
     from dicomnode.node.dimse.qr_scu import find as c_find
@@ -152,12 +152,8 @@ def find(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
         w.writeheader()
         w.writerows(rows)
     else:
-        t = Table(title=f"{len(rows)} match(es) at {lv} level on {p}")
-        for col in columns:
-            t.add_column(col, overflow="fold")
-        for r in rows:
-            t.add_row(*(r[col] for col in columns))
-        c.out.print(t)
+        c.out.print(c.table(f"{len(rows)} match(es) at {lv} level on {p}", columns,
+                            ([r[col] for col in columns] for r in rows), wide))
 
 
 def _retrieve_summary(what: str, r: Any, json_out: bool, extra: dict[str, Any] | None = None) -> None:
@@ -210,7 +206,7 @@ def get(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")
     s = c.settings(config, aet=aet, storage=storage, db=db)
     p = c.remote_peer(s, peer, "get")
     _lv, ident = _query(s, keys, level, defaults=False)
-    ing = services.ingester(s, c.archive(s))
+    ing = services.ingester(s, c.archive(s, create=True))
     with c.progress() as bar:
         task = bar.add_task(f"getting from {p.aet}", total=None)
         try:
@@ -223,7 +219,7 @@ def get(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port")
     _retrieve_summary("get", r, json_out, {"archived": stored, "archive_failures": problems})
     if not json_out:
         for prob in problems[:20]:
-            c.err.print(f"[red]not archived[/] {prob['SOPInstanceUID']}: {prob['status']} {prob['comment']}")
+            c.error(f"not archived {prob['SOPInstanceUID']}: {prob['status']} {prob['comment']}")
     raise typer.Exit(c.EXIT_FAIL if r.failed or problems or r.status not in (0x0000, 0xB000) else c.EXIT_OK)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import socket
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -76,6 +77,16 @@ class _CheaplyCopiedContext(PresentationContext):
         return new
 
 
+@cache
+def retired_storage_classes() -> tuple[str, ...]:
+    """Storage SOP classes the standard has retired (Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6,
+    ...): modalities still send them, and an archive that refuses them loses those images."""
+    current = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    return tuple(uid for uid, (name, kind, _info, retired, _kw) in UID_dictionary.items()
+                 if kind == "SOP Class" and retired == "Retired" and "Storage" in name
+                 and "Commitment" not in name and uid not in current)
+
+
 def server_ae(s: Settings) -> AE:
     """The node's AE: Verification, Q/R, and every storage class in every transfer syntax."""
     ae = AE(ae_title=s.aet)
@@ -93,11 +104,12 @@ def server_ae(s: Settings) -> AE:
     for cx in AllStoragePresentationContexts:
         # both roles: a C-GET requester proposes to be the storage SCP on its own association
         ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
-    for i, uid in enumerate(s.extra_sop_classes):
-        # pynetdicom routes a C-STORE by its SOP class's service: a private class must be registered
+    for i, uid in enumerate((*retired_storage_classes(), *s.extra_sop_classes)):
+        # pynetdicom routes a C-STORE by its SOP class's service: retired and private classes must be
+        # registered as storage
         if uid_to_service_class(uid) is not StorageServiceClass:
-            register_uid(uid, f"ConfiguredPrivateStorage{i}", StorageServiceClass)
-        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            register_uid(uid, f"AcceptedStorage{i}", StorageServiceClass)
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for cx in ae.supported_contexts:
         cx.__class__ = _CheaplyCopiedContext
     return ae

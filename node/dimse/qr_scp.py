@@ -35,6 +35,7 @@ from dicomnode.node.dimse.find import HeaderReader, Request, build_response, ite
 from dicomnode.node.dimse.status import (
     CANCEL,
     IDENTIFIER_MISMATCH,
+    MOVE_DESTINATION_UNKNOWN,
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     PENDING,
@@ -56,19 +57,49 @@ class QueryRetrieveSCP:
         self.settings = settings
         self.layout = archive.layout
         self.db = archive.db
+        # where this node itself listens, as a move destination (set by serve once it listens)
+        self.own_address: tuple[str, int] | None = None
         retrieve.install()
-        install_authorization(self.refusal, self.retrieve_problem)
+        install_authorization(self.check)
 
     def handlers(self) -> list[EventHandlerType]:
         return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get)]
 
     # -- who may do what ----------------------------------------------------------
 
+    def check(self, service: str, calling_aet: str, req: Any, identifier: Callable[[], Dataset]) -> Dataset | None:
+        """The refusal of a request before any work starts, or None.
+
+        0x0124 when the peer may not use the service, 0xA801 when a move
+        names a destination we do not know, 0xA900 when a retrieve
+        identifier names nothing retrievable; each with its reason.
+        """
+        why = self.refusal(calling_aet, service)
+        if why is not None:
+            return status_dataset(NOT_AUTHORIZED, why)
+        if service == "move":
+            dest = str(req.MoveDestination).strip()
+            if self.destination(dest) is None:
+                return status_dataset(MOVE_DESTINATION_UNKNOWN, f"move destination {dest} unknown "
+                                      "(no [remotes] entry)")
+        if service != "find":
+            return self.retrieve_problem(str(req.AffectedSOPClassUID), identifier())
+        return None
+
     def refusal(self, calling_aet: str, service: str) -> str | None:
         """Why a peer may not use a service, or None."""
         if self.settings.may_use(calling_aet, service):
             return None
         return f"{calling_aet} is not allowed {service}"
+
+    def destination(self, aet: str) -> tuple[str, int] | None:
+        """Where a C-MOVE to `aet` goes: a [remotes] entry with the store service, or this node itself."""
+        remote = self.settings.remote_by_aet(aet)
+        if remote is not None and "store" in remote.services:
+            return remote.host, remote.port
+        if aet == self.settings.aet and self.own_address is not None:
+            return self.own_address
+        return None
 
     def retrieve_problem(self, sop_class_uid: str, identifier: Dataset) -> Dataset | None:
         """The 0xA900 status of a C-MOVE/C-GET identifier that names nothing retrievable, or None."""
@@ -121,16 +152,15 @@ class QueryRetrieveSCP:
     def on_move(self, event: Event) -> Iterator[Any]:
         who = event.assoc.requestor.ae_title
         dest_aet = str(event.move_destination).strip()
-        remote = self.settings.remote_by_aet(dest_aet)
-        if remote is None or "store" not in remote.services:
-            log.warning("C-MOVE from %s to unknown destination %r", who, dest_aet)
+        address = self.destination(dest_aet)
+        if address is None:  # checked before (check()); the configuration cannot change in between
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         files, problem = self._selection(event, "move")
         kwargs = {"contexts": retrieve.contexts_for([(f.SOPClassUID, f.__dict__["archived_syntax"])
                                                      for f in files] or [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]),
                   "max_pdu": self.settings.max_pdu}
-        yield remote.host, remote.port, kwargs
+        yield address[0], address[1], kwargs
         yield from self._suboperations(event, files, problem, f"C-MOVE from {who} to {dest_aet}")
 
     def on_get(self, event: Event) -> Iterator[Any]:
@@ -214,16 +244,15 @@ def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:
 
 # -- authorization ahead of pynetdicom's service loops -----------------------------
 
-_policy: list[Callable[[str, str], str | None]] = []
-_retrieve_check: list[Callable[[str, Dataset], Dataset | None]] = []
+Check = Callable[[str, str, Any, Callable[[], Dataset]], "Dataset | None"]
+_checks: list[Check] = []
 
 
-def install_authorization(policy: Callable[[str, str], str | None],
-                          retrieve_check: Callable[[str, Dataset], Dataset | None] | None = None) -> None:
-    """Refuse C-FIND/C-MOVE/C-GET of peers the policy names, and retrieves whose
-    identifier the check finds wrong, before any sub-operation starts."""
-    _policy[:] = [policy]
-    _retrieve_check[:] = [retrieve_check] if retrieve_check else []
+def install_authorization(check: Check) -> None:
+    """Answer C-FIND/C-MOVE/C-GET requests that `check(service, calling AE, request, identifier)`
+    refuses with its status, before pynetdicom's service loop starts (so no sub-operation is
+    counted, and no empty data set is sent)."""
+    _checks[:] = [check]
     patches.wrap_qr_services(_guarded)
 
 
@@ -231,16 +260,12 @@ def _guarded(original: Callable[..., None], service: str) -> Callable[..., None]
     primitive = PRIMITIVES[service]
 
     def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
-        why = _policy[0](self.assoc.requestor.ae_title, service) if _policy else None
-        if why is not None:
-            log.warning("C-%s refused: %s", service.upper(), why)
-            return _answer(self, req, context, primitive, status_dataset(NOT_AUTHORIZED, why))
-        if service != "find" and _retrieve_check:
-            problem = _retrieve_check[0](str(req.AffectedSOPClassUID), _identifier(req, context))
-            if problem is not None:
-                log.warning("C-%s from %s refused: %s", service.upper(), self.assoc.requestor.ae_title,
-                            problem.ErrorComment)
-                return _answer(self, req, context, primitive, problem)
+        calling = self.assoc.requestor.ae_title
+        refusal = _checks[0](service, calling, req, lambda: _identifier(req, context)) if _checks else None
+        if refusal is not None:
+            log.warning("C-%s from %s refused: 0x%04X %s", service.upper(), calling, refusal.Status,
+                        refusal.ErrorComment)
+            return _answer(self, req, context, primitive, refusal)
         return original(self, req, context)
 
     return scp

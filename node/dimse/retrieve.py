@@ -19,12 +19,13 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomnode.node.dimse import patches
 from dicomnode.node.dimse.ae import MAX_CONTEXTS, NATIVE, UNCOMPRESSED
+from dicomnode.node.dimse.scu import little_endian
 
 log = logging.getLogger("dicomnode.retrieve")
 
@@ -80,13 +81,15 @@ def _send_archived(assoc: Association, item: ArchivedFile, original: Any, **kwar
     syntaxes = {str(cx.transfer_syntax[0]) for cx in usable}
     if ts in syntaxes:
         return original(assoc, path, **kwargs)
-    ds = dcmread(path)
+    ds: Dataset = dcmread(path)
     if UID(ts) not in NATIVE:
         if not syntaxes & {str(s) for s in NATIVE}:
             raise ValueError(f"the peer takes {UID(sop_class).name} only in "
                              f"{', '.join(UID(s).name for s in syntaxes)}, not as stored ({UID(ts).name})")
         log.info("decompressing %s (%s) for a peer that does not accept it", item.SOPInstanceUID, UID(ts).name)
         ds.decompress(generate_instance_uid=False)  # a change of transfer syntax keeps the instance
+    elif UID(ts) == ExplicitVRBigEndian:  # pynetdicom re-encodes little endian syntaxes only
+        ds = little_endian(ds)
     return original(assoc, ds, **kwargs)
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom import dcmread
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 from pynetdicom import _config
 
 from dicomnode.errors import AssociationFailed
@@ -53,6 +55,34 @@ class SendReport:
         return sum(1 for i in self.items if i.state == state)
 
 
+def little_endian(ds: Dataset) -> Dataset:
+    """A data set read from Explicit VR Big Endian, to be written little endian.
+
+    pynetdicom re-encodes the parsed values, but bulk values (OW, OL, OF, OD,
+    OV: pixel data, LUTs, overlays) are bytes in the file's byte order: each
+    word is swapped here, at every depth.
+    """
+    for elem in ds.iterall():
+        size = _WORD.get(elem.VR)
+        if size and isinstance(elem.value, (bytes, bytearray)) and len(elem.value) % size == 0:
+            elem.value = np.frombuffer(elem.value, f">u{size}").astype(f"<u{size}").tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True, ds.original_character_set)  # values are parsed: write them afresh
+    return ds
+
+
+_WORD = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _refusal(assoc: Any, it: SendItem, accepted: set[str]) -> str:
+    peer, name = assoc.acceptor.ae_title, UID(it.sop_class).name
+    retired = " (a retired SOP class)" if UID(it.sop_class).is_retired else ""
+    if not accepted:
+        return f"{peer} does not accept {name}{retired}: it rejected the presentation context"
+    return (f"{peer} accepts {name} only as {', '.join(UID(a).name for a in sorted(accepted))}, "
+            f"not as this file is ({UID(it.transfer_syntax).name}), and it cannot be converted to those")
+
+
 def echo(peer: Peer, calling_aet: str, timeouts: Timeouts | None = None) -> float:
     """C-ECHO round trip in milliseconds (association set-up excluded)."""
     ae = client_ae(calling_aet, timeouts or Timeouts())
@@ -69,17 +99,6 @@ def echo(peer: Peer, calling_aet: str, timeouts: Timeouts | None = None) -> floa
         raise AssociationFailed("refused", f"{peer} answered C-ECHO with status "
                                 f"{'none' if code is None else f'0x{code:04X}'}")
     return rtt
-
-
-def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files given, and files found below folders given (sorted, hidden files skipped)."""
-    for p in paths:
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
-                    yield f
-        else:
-            yield p
 
 
 def inspect(path: Path) -> SendItem:
@@ -109,22 +128,30 @@ def send(peer: Peer, paths: list[Path], calling_aet: str, timeouts: Timeouts | N
     return report
 
 
-def _contexts(item: SendItem) -> tuple[str, tuple[str, ...]]:
+Context = tuple[str, tuple[str, ...]]
+
+
+def _contexts(item: SendItem) -> list[Context]:
+    """What to propose for a file: its own transfer syntax, and the little endian ones it can be
+    converted to. Explicit VR Big Endian gets a context of its own: a peer accepting one of the
+    little endian syntaxes in a shared context would leave no context for the file as it is."""
     ts = UID(item.transfer_syntax)
+    if ts in UNCOMPRESSED:
+        return [(item.sop_class, tuple(dict.fromkeys((str(ts), *UNCOMPRESSED))))]
     if ts in NATIVE:
-        return item.sop_class, tuple(dict.fromkeys((str(ts), *UNCOMPRESSED)))
-    return item.sop_class, (str(ts),)
+        return [(item.sop_class, (str(ts),)), (item.sop_class, tuple(map(str, UNCOMPRESSED)))]
+    return [(item.sop_class, (str(ts),))]
 
 
 def _batches(items: list[SendItem]) -> Iterator[list[SendItem]]:
     batch: list[SendItem] = []
-    seen: set[tuple[str, tuple[str, ...]]] = set()
+    seen: set[Context] = set()
     for it in items:
-        cx = _contexts(it)
-        if cx not in seen and len(seen) == MAX_CONTEXTS:
+        cxs = _contexts(it)
+        if len(seen | set(cxs)) > MAX_CONTEXTS:
             yield batch
             batch, seen = [], set()
-        seen.add(cx)
+        seen.update(cxs)
         batch.append(it)
     if batch:
         yield batch
@@ -133,7 +160,7 @@ def _batches(items: list[SendItem]) -> Iterator[list[SendItem]]:
 def _send_batch(peer: Peer, items: list[SendItem], calling_aet: str, timeouts: Timeouts,
                 progress: Callable[[SendItem], None] | None) -> None:
     ae = client_ae(calling_aet, timeouts)
-    for abstract, syntaxes in dict.fromkeys(_contexts(i) for i in items):
+    for abstract, syntaxes in dict.fromkeys(cx for i in items for cx in _contexts(i)):
         ae.add_requested_context(abstract, list(syntaxes))
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as they are; memory stays flat
     try:
@@ -160,16 +187,17 @@ def _send_batch(peer: Peer, items: list[SendItem], calling_aet: str, timeouts: T
 
 
 def _store_one(assoc: Any, it: SendItem) -> None:
-    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == it.sop_class]
-    exact = any(cx.transfer_syntax[0] == it.transfer_syntax for cx in accepted)
+    accepted = {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == it.sop_class}
+    ts = UID(it.transfer_syntax)
     try:
-        if exact:
-            rsp = assoc.send_c_store(it.path)
-        elif accepted and UID(it.transfer_syntax) in NATIVE:
-            rsp = assoc.send_c_store(dcmread(it.path))  # pynetdicom re-encodes between native syntaxes
+        if it.transfer_syntax in accepted:
+            rsp = assoc.send_c_store(it.path)  # streamed as stored
+        elif ts in UNCOMPRESSED and accepted & set(map(str, UNCOMPRESSED)):
+            rsp = assoc.send_c_store(dcmread(it.path))  # pynetdicom re-encodes between these two
+        elif ts == ExplicitVRBigEndian and accepted & set(map(str, UNCOMPRESSED)):
+            rsp = assoc.send_c_store(little_endian(dcmread(it.path)))
         else:
-            it.comment = (f"{assoc.acceptor.ae_title} accepts {UID(it.sop_class).name} in none of the "
-                          f"transfer syntaxes this file can be sent in ({UID(it.transfer_syntax).name})")
+            it.comment = _refusal(assoc, it, accepted)
             return
     except (ValueError, AttributeError, OSError) as exc:
         it.comment = f"{type(exc).__name__}: {exc}"

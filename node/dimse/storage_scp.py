@@ -14,6 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from dicomnode.node.activity import Activity
 from dicomnode.node.dimse import receive
@@ -76,7 +77,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_ACCEPTED, self.on_accepted),
-            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_ACSE_SENT, self.on_acse_sent),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
@@ -96,9 +97,20 @@ class StorageSCP:
             if self.activity is not None:
                 self.activity.open_associations.value += 1
 
-    def on_rejected(self, event: Event) -> None:
-        a = event.assoc
-        log.warning("association from %s rejected (called %s)", _who(a), a.acceptor.ae_title)
+    def on_acse_sent(self, event: Event) -> None:
+        """An A-ASSOCIATE-RJ on its way out: log who was refused and why, in the operator's terms."""
+        prim = event.primitive  # type: ignore[attr-defined]
+        if not isinstance(prim, A_ASSOCIATE) or prim.result not in (0x01, 0x02):
+            return
+        a, s = event.assoc, self.settings
+        request = a.requestor.primitive
+        called = request.called_ae_title if request is not None else "?"
+        why = {
+            "Calling AE title not recognised": f"calling AE {a.requestor.ae_title!r} is not in allowed_calling",
+            "Called AE title not recognised": f"called AE {called!r} is not ours ({s.aet})",
+            "Local limit exceeded": f"{s.max_associations} associations already open (max_associations)",
+        }.get(prim.reason_str, prim.reason_str.lower())
+        log.warning("association from %s rejected (%s): %s", _who(a), prim.result_str.lower(), why)
 
     def on_closed(self, event: Event) -> None:
         with self._lock:

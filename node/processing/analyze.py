@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+
+from dicomnode.storage.archive.header import has_part10_prefix, looks_like_dicom
 
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
@@ -39,39 +42,56 @@ class Findings:
         self.items.append({"code": code, "severity": severity, "message": message})
 
 
+_WARNINGS = threading.Lock()  # catch_warnings swaps process-wide state: one analysis at a time records
+
+
 def analyze_file(path: Path, force: bool = False) -> dict[str, Any]:
-    """The report for one file; problems with the file are findings, not exceptions."""
+    """The report for one file; problems with the file are findings, not exceptions.
+
+    What pydicom warns about while reading (an unknown character set, a
+    value it had to repair) becomes a DECODING_WARNING finding, never a line
+    on the operator's terminal.
+    """
     path = Path(path)
     findings = Findings()
+    with _WARNINGS, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = _analyze(path, force, findings)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        findings.add("DECODING_WARNING", "warning", message)
+    report["findings"] = findings.items
+    return report
+
+
+def _analyze(path: Path, force: bool, findings: Findings) -> dict[str, Any]:
     size = path.stat().st_size
     report: dict[str, Any] = {
         "file_info": {"filename": path.name, "filepath": str(path.resolve()), "filesize": size,
                       "analysis_date": datetime.now(UTC).isoformat(timespec="seconds")},
     }
+    if not looks_like_dicom(path):
+        findings.add("NO_PREAMBLE", "error", "no 128-byte preamble and 'DICM' prefix: not a DICOM Part 10 file")
+        findings.add("NOT_DICOM", "error", "not a DICOM file: no 'DICM' prefix, and the bytes do not start "
+                     "a data set")
+        return report
     with open(path, "rb") as fp:
         head = fp.read(132)
-        has_preamble = len(head) == 132 and head[128:132] == b"DICM"
-        if not has_preamble:
+        if not has_part10_prefix(head):
             findings.add("NO_PREAMBLE", "error" if not force else "warning",
                          "no 128-byte preamble and 'DICM' prefix: not a DICOM Part 10 file")
             if not force:
-                report["findings"] = findings.items
                 return report
         fp.seek(0)
         try:
-            with warnings.catch_warnings():  # what pydicom warns about becomes a finding below
-                warnings.simplefilter("ignore")
-                ds = dcmread(fp, stop_before_pixels=True, defer_size=4096, force=force)
+            ds = dcmread(fp, stop_before_pixels=True, defer_size=4096, force=force)
         except Exception as exc:
             findings.add("UNREADABLE_HEADER", "error", f"the header cannot be parsed: {type(exc).__name__}: {exc}")
-            report["findings"] = findings.items
             return report
         tag_offset = fp.tell()
         report.update(_identifiers(ds, findings))
         pixel = _pixel_element(fp, tag_offset, ds, size, findings)
         report["pixel_data_info"], report["frame_info"], report["hex_guide"] = _pixels(fp, ds, pixel, size, findings)
     _check_group_0028(ds, findings)
-    report["findings"] = findings.items
     return report
 
 

@@ -21,6 +21,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, i
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode.errors import DisplayError
+from dicomnode.storage.archive.header import looks_like_dicom
 
 AUTO_PERCENTILES = (0.5, 99.5)
 
@@ -41,14 +42,13 @@ class Frame:
 def header(path: Path) -> Dataset:
     """Part 10 files, and bare data sets as old modalities wrote them; not any file pydicom can force."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, force=True)
-        with open(path, "rb") as f:
-            part10 = f.read(132)[128:] == b"DICM"
+        if not looks_like_dicom(path):
+            raise DisplayError("not a DICOM file (no 'DICM' prefix, and no data set starting with a low group)")
+        return dcmread(path, stop_before_pixels=True, force=True)
+    except DisplayError:
+        raise
     except Exception as exc:
         raise DisplayError(f"cannot read the header: {type(exc).__name__}: {exc}") from exc
-    if not (part10 or "TransferSyntaxUID" in ds.file_meta or any(t.group == 0x0008 for t in ds.keys())):
-        raise DisplayError("not a DICOM file (no 'DICM' prefix, no File Meta, no identifying group 0008)")
-    return ds
 
 
 def frame_count(ds: Dataset) -> int:

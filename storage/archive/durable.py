@@ -93,6 +93,39 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def place_new(tmp: Path, dst: Path) -> Path:
+    """Move a fsynced temp file to `dst`, or, when that exists, to dst-2, dst-3, ...; never replace a file.
+
+    A hard link claims the name atomically (two writers cannot both get it);
+    where links are not supported, an exclusively created placeholder does.
+    Returns the name the file got, durable on return.
+    """
+    make_dirs_durable(dst.parent)
+    n = 1
+    while True:
+        final = dst if n == 1 else dst.with_name(f"{dst.stem}-{n}{dst.suffix}")
+        try:
+            _claim(tmp, final)
+        except FileExistsError:
+            n += 1
+            continue
+        fsync_dir(final.parent)
+        return final
+
+
+def _claim(tmp: Path, final: Path) -> None:
+    """Give `tmp` the name `final` unless that exists (FileExistsError)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: claim the name, then fill it
+        os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.replace(tmp, final)
+        return
+    os.unlink(tmp)
+
+
 def write_files(tmp_dir: Path, files: list[tuple[Path, bytes]]) -> None:
     """Replace each file atomically (a reader sees the old or the new one), all durable on return.
 

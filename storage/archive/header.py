@@ -53,6 +53,37 @@ def read_header(path: Path, force: bool = False) -> Header:
     return Header(meta=meta, ds=ds)
 
 
+# Groups a data set starts with: command (0000), file meta (0002), directory (0004), identifying (0008).
+_FIRST_GROUPS = (0x0000, 0x0002, 0x0004, 0x0008)
+
+
+def has_part10_prefix(head: bytes) -> bool:
+    """The 128-byte preamble and 'DICM' of a Part 10 file (given its first 132 bytes)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file, or a bare data set as old modalities and dumps wrote it.
+
+    pydicom's `force` parses any bytes into elements (a README becomes a few
+    nonsense tags), so a file without the 'DICM' prefix is taken for a data
+    set only when it starts with a low group, as data sets are sorted, in
+    either byte order, and parses to at least one identifying (0008) element.
+    """
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if has_part10_prefix(head):
+        return True
+    if len(head) < 8 or not ({int.from_bytes(head[0:2], "little"), int.from_bytes(head[0:2], "big")}
+                             & set(_FIRST_GROUPS)):
+        return False
+    try:
+        ds = dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=True)
+    except Exception:  # pydicom raises many types for what is not DICOM
+        return False
+    return "TransferSyntaxUID" in ds.file_meta or any(t.group == 0x0008 for t in ds.keys())
+
+
 def read_stored_header(path: Path, pixel_data_offset: int | None = None) -> Dataset:
     """The data set of an archived file up to Pixel Data: what C-FIND returns beyond the index.
 
@@ -66,6 +97,28 @@ def read_stored_header(path: Path, pixel_data_offset: int | None = None) -> Data
             prefix = f.read(pixel_data_offset)
         return dcmread(BytesIO(prefix), stop_before_pixels=True, force=True)
     return dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=True)
+
+
+# Sequences within sequences: real objects stay far below this (an SR content tree rarely passes
+# a dozen levels). Deeper ones are refused: pydicom's writer turns each level's error into a
+# longer message, so a few hundred levels exhaust memory rather than fail.
+MAX_NESTING = 32
+
+
+def nesting_depth(ds: Dataset, limit: int = MAX_NESTING) -> int:
+    """How deep sequences nest in a data set (0: none), counted without recursion, up to limit + 1."""
+    deepest = 0
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        item, depth = stack.pop()
+        for elem in item:
+            if elem.VR != "SQ" or not elem.value:
+                continue
+            deepest = max(deepest, depth + 1)
+            if deepest > limit:
+                return deepest
+            stack.extend((sub, depth + 1) for sub in elem.value)
+    return deepest
 
 
 def uid_problem(value: str) -> str | None:

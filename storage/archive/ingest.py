@@ -28,7 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.storage.archive import durable
 from dicomnode.storage.archive.durable import HashingSink
-from dicomnode.storage.archive.header import Header, HeaderError, index_values, read_header, uid_problem
+from dicomnode.storage.archive.header import (
+    Header,
+    HeaderError,
+    has_part10_prefix,
+    index_values,
+    read_header,
+    uid_problem,
+)
 from dicomnode.storage.archive.layout import Layout
 from dicomnode.storage.index.rows import FileFacts, Index, PutResult
 
@@ -196,7 +203,7 @@ def _resource_failure(exc: OSError) -> Outcome:
 def _has_part10_prefix(f: BinaryIO) -> bool:
     head = f.read(132)
     f.seek(0)
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return has_part10_prefix(head)
 
 
 def _write_with_meta(src: BinaryIO, sink: HashingSink) -> None:

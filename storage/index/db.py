@@ -19,10 +19,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.errors import ArchiveError
 from dicomnode.storage.query.matching import fold
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -89,9 +90,14 @@ class Database:
     lock hands the write lock over at once instead; PostgreSQL needs no lock.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, must_exist: bool = False) -> None:
         self.url = url
         self.engine = create_index_engine(url)
+        if must_exist:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version"):
+                    shown = make_url(url).render_as_string(hide_password=True)
+                    raise ArchiveError(f"no archive index in {shown}")
         migrate(self.engine)
         self.dialect = self.engine.dialect.name
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)  # reads

@@ -73,7 +73,9 @@ class Node:
         return f"{self.aet}@127.0.0.1:{self.port}"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return cli(*args, "--storage", str(self.storage), check=check)
+        """A command on this node's archive (and its index, when started with --db)."""
+        db = self.extra[self.extra.index("--db") + 1:][:1] if "--db" in self.extra else []
+        return cli(*args, "--storage", str(self.storage), *(["--db", *db] if db else []), check=check)
 
 
 def storescu(node: Node, *files: Path | str, extra: list[str] | None = None,

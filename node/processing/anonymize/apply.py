@@ -43,6 +43,7 @@ from dicomnode.errors import AnonymizeError
 from dicomnode.node.processing.anonymize import profile as prof
 from dicomnode.node.processing.anonymize.keys import Pseudonyms
 from dicomnode.storage.archive.durable import atomic_file
+from dicomnode.storage.archive.header import MAX_NESTING, nesting_depth
 
 METHOD = "dicomnode PS3.15 E.1 basic"
 BURNED_IN_CLASSES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.", "1.2.840.10008.5.1.4.1.1.7")
@@ -309,8 +310,11 @@ def anonymize_file(src: Path, dst: Path, settings: Profile, pseudo: Pseudonyms) 
     from dicomnode.node.processing.analyze import analyze_file
 
     ds = dcmread(src, stop_before_pixels=True, defer_size=None, force=True)
-    if "SOPInstanceUID" not in ds:
-        raise AnonymizeError(f"{src.name}: no SOP Instance UID (not a DICOM instance?)")
+    for kw in ("SOPInstanceUID", "SOPClassUID"):
+        if not ds.get(kw):
+            raise AnonymizeError(f"{src.name}: no {kw} (not a DICOM instance?)")
+    if nesting_depth(ds) > MAX_NESTING:
+        raise AnonymizeError(f"{src.name}: sequences nested more than {MAX_NESTING} levels deep")
     implicit, little = ds.original_encoding
     tsyntax = ds.file_meta.get("TransferSyntaxUID") or (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
