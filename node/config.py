@@ -17,7 +17,7 @@ from dicomnode.errors import ConfigError
 from dicomnode.node.pipeline.actions import ACTIONS
 from dicomnode.node.pipeline.actions import describe as describe_actions
 from dicomnode.node.processing.anonymize.profile import OPTIONS
-from dicomnode.node.settings import SERVICES, Remote, Rule, Settings
+from dicomnode.node.settings import SERVICES, Remote, Rule, Settings, toml_key
 
 ENV_PREFIX = "DICOMNODE_"
 
@@ -48,7 +48,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    known = {f.name: f.metadata["section"] for f in fields(Settings)}
+    known = {(f.metadata["section"], toml_key(f)): f.name for f in fields(Settings)}
     out: dict[str, Any] = {}
     for section, table in data.items():
         if not isinstance(table, dict):
@@ -59,10 +59,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
         for key, value in table.items():
             if section == "pipeline" and key == "rules":
                 out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
-            elif known.get(key) == section:
-                out[key] = value
+            elif (section, key) in known:
+                out[known[(section, key)]] = value
             elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline", "anonymize",
-                             "convert"}:
+                             "convert", "web"}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
 
@@ -159,9 +159,31 @@ def _validate(s: Settings) -> None:
     bad = [f for f in s.convert_formats if f not in ("png", "mp4", "gif", "txt", "json")]
     if bad:
         raise ConfigError(f"convert_formats: unknown {bad}; png, mp4, gif, txt, json")
+    if s.web_auth not in ("none", "basic", "bearer"):
+        raise ConfigError(f"[web] auth {s.web_auth!r}: none, basic or bearer")
+    if s.web_auth == "basic" and not s.web_users:
+        raise ConfigError("[web] auth = basic needs users (name:hash, see `dicomnode hash-password`)")
+    if s.web_auth == "bearer" and not (s.jwt_secret or s.jwt_jwks):
+        raise ConfigError("[web] auth = bearer needs jwt_secret or jwt_jwks")
+    if s.http_port >= 0 and s.web_auth == "none" and not s.web_insecure and not _loopback(s.http_host):
+        raise ConfigError(f"[web] host {s.http_host}: serving beyond loopback needs [web] auth (basic or bearer), "
+                          "or --web-insecure to do without")
+    if bool(s.web_tls_cert) != bool(s.web_tls_key):
+        raise ConfigError("[web] tls_cert and tls_key go together")
     if s.png_bits not in (8, 16):
         raise ConfigError("png_bits: 8 or 16")
 
     unknown = [o for o in s.anonymize_options if o.replace("-", "_") not in OPTIONS]
     if unknown:
         raise ConfigError(f"anonymize_options: unknown {unknown}; known: {', '.join(OPTIONS)}")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

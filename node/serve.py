@@ -12,6 +12,7 @@ from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
 from dicomnode.node.pipeline.worker import WorkerProcess
 from dicomnode.node.settings import Settings
+from dicomnode.node.web.server import WebProcess
 
 log = logging.getLogger("dicomnode")
 QUEUE_LOG_SECONDS = 5.0
@@ -34,8 +35,15 @@ def serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
+    web = WebProcess(settings) if settings.http_port >= 0 else None
     try:
         server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers() + qr.handlers())
+        if web is not None:
+            try:
+                web.start()
+            except OSError as exc:
+                server.shutdown()  # type: ignore[union-attr]
+                raise OSError(f"HTTP on {settings.http_host}:{settings.http_port}: {exc}") from None
     except BaseException:
         if workers:
             workers.stop()
@@ -44,6 +52,9 @@ def serve(settings: Settings) -> int:
     host, port = server.server_address[:2]
     qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
     print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
+    if web is not None:
+        scheme = "https" if settings.web_tls_cert else "http"
+        print(f"dicomnode web on {scheme}://{_url_host(settings.http_host)}:{web.port}/dicom-web", flush=True)
     log.info("archive %s, index %s, duplicates: %s", arc.layout.root,
              settings.db_url or "sqlite (in archive)", settings.duplicate_policy)
     last_depth: dict[str, int] = {}
@@ -63,7 +74,13 @@ def serve(settings: Settings) -> int:
     scp.in_flight.wait_idle(timeout=max(settings.dimse_timeout, 5.0))
     for assoc in ae.active_associations:
         assoc.abort()
+    if web is not None:
+        web.stop()
     if workers:
         workers.stop()
     log.info("stopped")
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -15,8 +15,14 @@ from typing import Any
 from dicomnode.storage.archive.layout import Layout
 
 
-def _setting(section: str, default: Any, help: str) -> Any:
-    return field(default_factory=lambda: default, metadata={"section": section, "help": help})
+def _setting(section: str, default: Any, help: str, key: str | None = None) -> Any:
+    """A setting: `key` in its TOML section (its own name unless given), DICOMNODE_<NAME> in the environment."""
+    return field(default_factory=lambda: default, metadata={"section": section, "help": help, "key": key})
+
+
+def toml_key(f: Any) -> str:
+    """The key of a setting's field in its node.toml section."""
+    return str(f.metadata.get("key") or f.name)
 
 
 SERVICES = ("store", "find", "move", "get")
@@ -48,9 +54,13 @@ class Rule:
 @dataclass
 class Settings:
     aet: str = _setting("node", "DICOMNODE", "this node's AE title")
-    host: str = _setting("network", "0.0.0.0", "address to listen on")
+    host: str = _setting("network", "127.0.0.1", "address to listen on (loopback unless told otherwise)")
     port: int = _setting("network", 11112, "TCP port to listen on")
-    max_associations: int = _setting("network", 16, "concurrent associations accepted")
+    max_associations: int = _setting("network", 32, "associations open at once, counted from their request on")
+    max_associations_per_host: int = _setting("network", 16, "of those, from one IP address")
+    max_associations_per_aet: int = _setting("network", 16, "of those, of one calling AE title")
+    max_pending_per_host: int = _setting("network", 16, "connections from one IP address that have not sent "
+                                         "their association request yet; more are closed")
     max_pdu: int = _setting("network", 65536, "maximum PDU length we receive (0 = unlimited)")
     acse_timeout: float = _setting("network", 30.0, "seconds to wait for association messages")
     dimse_timeout: float = _setting("network", 60.0, "seconds to wait for DIMSE messages")
@@ -81,6 +91,20 @@ class Settings:
     to_folder: str = _setting("anonymize", "", "also write de-identified instances into this folder")
     delete_original: bool = _setting("anonymize", False, "remove the original once its de-identified copy is safe")
     hold_burned_in: bool = _setting("anonymize", True, "do not forward instances that may show burned-in text")
+    http_port: int = _setting("web", 8042, "HTTP port of DICOMweb and the viewer (0 = any free port, -1 = off)",
+                              key="port")
+    http_host: str = _setting("web", "127.0.0.1", "address the HTTP side listens on", key="host")
+    public_url: str = _setting("web", "", "the DICOMweb base URL clients use, when a proxy changes it "
+                               "(e.g. https://pacs.example/dicom-web); empty = as requested")
+    web_auth: str = _setting("web", "none", "none | basic | bearer", key="auth")
+    web_users: list[str] = _setting("web", [], "basic auth: name:hash (dicomnode hash-password)", key="users")
+    jwt_secret: str = _setting("web", "", "bearer auth: HS256 shared secret")
+    jwt_jwks: str = _setting("web", "", "bearer auth: JWKS file or URL of the token issuer's keys")
+    cors_origins: list[str] = _setting("web", [], "origins allowed to call the API from a browser (empty = none)")
+    max_stow_mb: int = _setting("web", 4096, "largest STOW-RS request (MB; 0 = no limit): more is 413")
+    web_tls_cert: str = _setting("web", "", "HTTPS: certificate file (PEM)", key="tls_cert")
+    web_tls_key: str = _setting("web", "", "HTTPS: private key file (PEM)", key="tls_key")
+    web_insecure: bool = _setting("web", False, "allow listening beyond loopback without auth", key="insecure")
     convert_formats: list[str] = _setting("convert", ["png", "mp4", "txt", "json"],
                                           "outputs of the convert action: png, mp4, gif, txt, json")
     png_bits: int = _setting("convert", 16, "grey PNG depth: 16 or 8")

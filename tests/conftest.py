@@ -19,8 +19,8 @@ def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
     nodes: list[Node] = []
 
     def factory(name: str = "archive", env: dict[str, str] | None = None, extra: list[str] | None = None,
-                start: bool = True) -> Node:
-        n = Node(tmp_path / name, {"DICOMNODE_MIN_FREE_MB": "0", **(env or {})}, extra or [])
+                start: bool = True, web: bool = False) -> Node:
+        n = Node(tmp_path / name, {"DICOMNODE_MIN_FREE_MB": "0", **(env or {})}, extra or [], web=web)
         nodes.append(n)
         return n.start() if start else n
 

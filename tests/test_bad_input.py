@@ -12,31 +12,14 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.support.datagen import pydicom_test_files, write_ct_series, write_multiframe
+from tests.support.dimse import send_raw
 from tests.support.node import storescu
 from tests.support.proc import need, run
 from tests.support.wait import wait_for
-
-
-def _send_raw(node, path: Path, calling: str = "RAWSCU") -> Dataset:
-    """Send a file's data set bytes exactly as they are (pynetdicom chunked send, no re-encoding)."""
-    meta = dcmread(path, stop_before_pixels=True, force=True).file_meta
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.aet)
-        assert assoc.is_established
-        try:
-            rsp = assoc.send_c_store(path)
-        finally:
-            assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
-    return rsp
 
 
 def _craft(tmp_path: Path, name: str, mutate) -> Path:  # type: ignore[no-untyped-def]
@@ -66,7 +49,7 @@ def test_unparsable_dataset_is_0xC000(node, tmp_path: Path) -> None:
     # A data set whose first element claims a length far beyond the end of the data.
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(raw[:meta_end] + b"\x08\x00\x05\x00CS\xff\xff" + b"ISO_IR 100" * 3)
-    rsp = _send_raw(node, bad)
+    rsp = send_raw(node, bad)
     assert rsp.Status & 0xF000 == 0xC000, hex(rsp.Status)
     assert "ErrorComment" in rsp and rsp.ErrorComment
     assert_nothing_left(node)
@@ -75,7 +58,7 @@ def test_unparsable_dataset_is_0xC000(node, tmp_path: Path) -> None:
 
 def test_instance_uid_mismatch_is_0xA900(node, tmp_path: Path) -> None:
     f = _craft(tmp_path, "mismatch", lambda ds: setattr(ds.file_meta, "MediaStorageSOPInstanceUID", generate_uid()))
-    rsp = _send_raw(node, f)
+    rsp = send_raw(node, f)
     assert rsp.Status == 0xA900
     assert "SOP Instance UID differs from request" in str(rsp.ErrorComment)
     assert_nothing_left(node)
@@ -86,14 +69,14 @@ def test_invalid_instance_uid_is_refused(node, tmp_path: Path) -> None:
         ds.SOPInstanceUID = "1.2.3.abc"
         ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.abc"
 
-    rsp = _send_raw(node, _craft(tmp_path, "invalid", mutate))
+    rsp = send_raw(node, _craft(tmp_path, "invalid", mutate))
     assert rsp.Status == 0xC001
     assert "SOPInstanceUID" in str(rsp.ErrorComment)
     assert_nothing_left(node)
 
 
 def test_missing_instance_uid_is_refused(node, tmp_path: Path) -> None:
-    rsp = _send_raw(node, _craft(tmp_path, "nouid", lambda ds: delattr(ds, "SOPInstanceUID")))
+    rsp = send_raw(node, _craft(tmp_path, "nouid", lambda ds: delattr(ds, "SOPInstanceUID")))
     assert rsp.Status == 0xC001
     assert_nothing_left(node)
 
@@ -126,7 +109,7 @@ def test_association_aborted_mid_transfer_leaves_nothing(node, tmp_path: Path) -
 def test_free_space_reserve_gives_0xA700(make_node, tmp_path: Path) -> None:
     node = make_node(env={"DICOMNODE_MIN_FREE_MB": str(10**9)})
     f = write_ct_series(tmp_path / "s", n=1, rows=16, cols=16)[0]
-    rsp = _send_raw(node, f)
+    rsp = send_raw(node, f)
     assert rsp.Status == 0xA700
     assert_nothing_left(node)
 
@@ -139,12 +122,12 @@ def test_disk_full_gives_0xA700_and_recovers(make_node, tmp_path: Path) -> None:
     try:
         node = make_node("small/archive", extra=["--db", f"sqlite:///{tmp_path / 'index.sqlite'}"])
         big = write_multiframe(tmp_path / "big.dcm", frames=20, rows=724, cols=724, random=False)  # 21 MB
-        rsp = _send_raw(node, big)
+        rsp = send_raw(node, big)
         assert rsp.Status == 0xA700
         assert "disk full" in str(rsp.ErrorComment)
         assert_nothing_left(node)
         f = write_ct_series(tmp_path / "s", n=1, rows=16, cols=16)[0]
-        assert _send_raw(node, f).Status == 0x0000
+        assert send_raw(node, f).Status == 0x0000
         node.stop()
     finally:
         subprocess.run(["umount", "-l", str(small)])
@@ -153,8 +136,8 @@ def test_disk_full_gives_0xA700_and_recovers(make_node, tmp_path: Path) -> None:
 def test_duplicate_keep(make_node, tmp_path: Path) -> None:
     node = make_node(env={"DICOMNODE_DUPLICATE_POLICY": "keep"})
     first, second = _two_versions(tmp_path)
-    assert _send_raw(node, first).Status == 0
-    assert _send_raw(node, second).Status == 0
+    assert send_raw(node, first).Status == 0
+    assert send_raw(node, second).Status == 0
     rows = json.loads(node.cli("ls", "instances", "--json").stdout)
     assert len(rows) == 1
     assert dcmread(rows[0]["path"]).StudyDescription == "first"
@@ -165,8 +148,8 @@ def test_duplicate_keep(make_node, tmp_path: Path) -> None:
 def test_duplicate_overwrite(make_node, tmp_path: Path) -> None:
     node = make_node(env={"DICOMNODE_DUPLICATE_POLICY": "overwrite"})
     first, second = _two_versions(tmp_path)
-    assert _send_raw(node, first).Status == 0
-    assert _send_raw(node, second).Status == 0
+    assert send_raw(node, first).Status == 0
+    assert send_raw(node, second).Status == 0
     rows = json.loads(node.cli("ls", "instances", "--json").stdout)
     assert len(rows) == 1
     assert dcmread(rows[0]["path"]).StudyDescription == "second"
@@ -177,8 +160,8 @@ def test_duplicate_overwrite(make_node, tmp_path: Path) -> None:
 def test_duplicate_reject(make_node, tmp_path: Path) -> None:
     node = make_node(env={"DICOMNODE_DUPLICATE_POLICY": "reject"})
     first, second = _two_versions(tmp_path)
-    assert _send_raw(node, first).Status == 0
-    rsp = _send_raw(node, second)
+    assert send_raw(node, first).Status == 0
+    rsp = send_raw(node, second)
     assert rsp.Status == 0x0111
     assert "duplicate" in str(rsp.ErrorComment).lower()
     rows = json.loads(node.cli("ls", "instances", "--json").stdout)
@@ -243,6 +226,6 @@ def test_private_sop_class_only_when_configured(make_node, tmp_path: Path) -> No
     assoc = ae.associate("127.0.0.1", plain.port, ae_title=plain.aet)
     assert not assoc.is_established  # no acceptable presentation context
     configured = make_node("configured", env={"DICOMNODE_EXTRA_SOP_CLASSES": csa})
-    assert _send_raw(configured, f).Status == 0
+    assert send_raw(configured, f).Status == 0
     rows = json.loads(configured.cli("ls", "instances", "--json").stdout)
     assert [r["SOPClassUID"] for r in rows] == [csa]

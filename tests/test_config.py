@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import fields
 
 from dicomnode.node.config import Settings, load
+from dicomnode.node.settings import toml_key
 from tests.support.proc import ROOT
 
 
@@ -15,8 +16,8 @@ def test_node_toml_documents_every_setting_with_its_default() -> None:
     for f in fields(Settings):
         if f.name in ("rules", "remotes"):
             continue
-        section = f.metadata["section"]
-        assert f.name in data.get(section, {}), f"[{section}] {f.name} is not in config/node.toml"
-        assert data[section][f.name] == getattr(defaults, f.name), f"{f.name}: node.toml and the default differ"
+        section, key = f.metadata["section"], toml_key(f)
+        assert key in data.get(section, {}), f"[{section}] {key} is not in config/node.toml"
+        assert data[section][key] == getattr(defaults, f.name), f"{f.name}: node.toml and the default differ"
     s = load(ROOT / "config" / "node.toml")
     assert s.actions_for("X", "CT", "1.2") == ["analyze"]

@@ -93,12 +93,14 @@ def _check(argv: list[str], out: str, study: str, tmp: Path) -> None:
 def test_scripts_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
     """scripts/run sets up (quick when done) and holds the terminal running the node until SIGTERM."""
     proc = subprocess.Popen([str(ROOT / "scripts" / "run"), "--storage", str(tmp_path / "data"), "--host",
-                             "127.0.0.1", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                             "127.0.0.1", "--port", "0", "--http-port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert re.search(r"dicomnode listening on 127\.0\.0\.1:\d+ as DICOMNODE", line), line
+        web = proc.stdout.readline()
+        assert re.search(r"dicomnode web on http://127\.0\.0\.1:\d+/dicom-web", web), web
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

@@ -19,12 +19,18 @@ def serve(
     config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
     host: Annotated[Optional[str], typer.Option("--host", help="address to listen on")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="TCP port (0 = any free port)")] = None,
+    http_port: Annotated[Optional[int], typer.Option("--http-port", help="DICOMweb port (0 = any free port)")] = None,
+    http_host: Annotated[Optional[str], typer.Option("--http-host", help="address of the HTTP side")] = None,
+    no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP side (DICOMweb, viewer)")] = False,
+    web_insecure: Annotated[Optional[bool], typer.Option(
+        "--web-insecure", help="serve HTTP beyond loopback without authentication")] = None,
 ) -> None:
-    """Run the storage SCP until SIGINT/SIGTERM."""
+    """Run the node: DIMSE (storage, Q/R) and DICOMweb, until SIGINT/SIGTERM."""
     from dicomnode.node.logs import setup_logging
     from dicomnode.node.serve import serve as run
 
-    s = c.settings(config, storage=storage, db=db, aet=aet, host=host, port=port)
+    s = c.settings(config, storage=storage, db=db, aet=aet, host=host, port=port,
+                   http_port=-1 if no_web else http_port, http_host=http_host, web_insecure=web_insecure)
     setup_logging(s.log_level)
     try:
         code = run(s)

@@ -92,7 +92,9 @@ def server_ae(s: Settings) -> AE:
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
     ae.require_calling_aet = list(s.allowed_calling)
-    ae.maximum_associations = s.max_associations
+    # pynetdicom's own limit counts connections that have not asked for anything yet; the node's
+    # limits (node/dimse/guard.py) count requests, so pynetdicom's is set out of their way
+    ae.maximum_associations = 1_000_000
     ae.maximum_pdu_size = s.max_pdu
     ae.acse_timeout = s.acse_timeout
     ae.dimse_timeout = s.dimse_timeout

@@ -1,12 +1,15 @@
 """Every place dicomnode reaches into pynetdicom's internals, behind one version check.
 
-pynetdicom's public API has no hook for three things the node needs:
+pynetdicom's public API has no hook for four things the node needs:
   - received data sets written into a sink of ours (the archive's temp folder,
     hashed while written) rather than a NamedTemporaryFile: `receive_into`;
   - C-MOVE/C-GET sub-operations sent from an archived file without loading
     it: `intercept_send_c_store`;
   - C-FIND/C-MOVE/C-GET refused (not authorized, bad retrieve identifier)
-    before pynetdicom's service loop starts: `wrap_qr_services`.
+    before pynetdicom's service loop starts: `wrap_qr_services`;
+  - reading a PDU with a size limit and a deadline (pynetdicom buffers any
+    declared length and blocks in recv for as long as a peer trickles bytes):
+    `wrap_socket_recv`.
 Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
 on another minor version rather than misbehave (pyproject.toml pins it).
 """
@@ -21,6 +24,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.transport import AssociationSocket
 
 VERIFIED_WITH = "3.0."
 QR_SERVICE_METHODS = {"find": "_c_find_scp", "move": "_move_scp", "get": "_get_scp"}
@@ -74,3 +78,12 @@ def wrap_qr_services(wrap: Callable[[Callable[..., None], str], Callable[..., No
     for service, name in QR_SERVICE_METHODS.items():
         setattr(QueryRetrieveServiceClass, name, wrap(getattr(QueryRetrieveServiceClass, name), service))
     _applied.add("qr_services")
+
+
+def wrap_socket_recv(wrap: Callable[[Callable[..., bytearray]], Callable[..., bytearray]]) -> None:
+    """Replace AssociationSocket.recv (which the DUL calls for a PDU's 6-byte header, then its body)."""
+    check_version()
+    if "recv" in _applied:
+        return
+    AssociationSocket.recv = wrap(AssociationSocket.recv)  # type: ignore[method-assign]
+    _applied.add("recv")

@@ -31,7 +31,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomnode.errors import QueryError
 from dicomnode.node.dimse import patches, retrieve
 from dicomnode.node.dimse.ae import qr_root
-from dicomnode.node.dimse.find import HeaderReader, Request, build_response, iter_matches, parse_identifier
 from dicomnode.node.dimse.status import (
     CANCEL,
     IDENTIFIER_MISMATCH,
@@ -45,6 +44,15 @@ from dicomnode.node.dimse.status import (
 )
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive import Archive
+from dicomnode.storage.archive.header import nesting_depth
+from dicomnode.storage.query.identifier import (
+    MAX_KEY_NESTING,
+    HeaderReader,
+    Request,
+    build_response,
+    iter_matches,
+    parse_identifier,
+)
 from dicomnode.storage.query.matching import LIST, SINGLE, Condition
 from dicomnode.storage.query.sql import UNIQUE_KEYS, Key, Query, build_query, run
 
@@ -77,13 +85,19 @@ class QueryRetrieveSCP:
         why = self.refusal(calling_aet, service)
         if why is not None:
             return status_dataset(NOT_AUTHORIZED, why)
+        try:
+            ident = identifier()
+        except QueryError as exc:
+            return status_dataset(IDENTIFIER_MISMATCH, str(exc))
+        if nesting_depth(ident, MAX_KEY_NESTING) > MAX_KEY_NESTING:
+            return status_dataset(IDENTIFIER_MISMATCH, f"sequence keys nested more than {MAX_KEY_NESTING} levels")
         if service == "move":
             dest = str(req.MoveDestination).strip()
             if self.destination(dest) is None:
                 return status_dataset(MOVE_DESTINATION_UNKNOWN, f"move destination {dest} unknown "
                                       "(no [remotes] entry)")
         if service != "find":
-            return self.retrieve_problem(str(req.AffectedSOPClassUID), identifier())
+            return self.retrieve_problem(str(req.AffectedSOPClassUID), ident)
         return None
 
     def refusal(self, calling_aet: str, service: str) -> str | None:
@@ -272,15 +286,20 @@ def _guarded(original: Callable[..., None], service: str) -> Callable[..., None]
 
 
 def _identifier(req: Any, context: Any) -> Dataset:
-    """Decoded as pynetdicom decodes it for the handler; an undecodable one checks as empty (0xA900)."""
+    """Decoded as pynetdicom decodes it for the handler (which then decodes it again), every element
+    parsed now: what cannot be decoded is a QueryError (0xA900 with its reason), not pynetdicom's
+    0xC311 with a traceback in the log."""
     syntax = context.transfer_syntax[0]
     try:
         req.Identifier.seek(0)
         ds = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-        ds.QueryRetrieveLevel  # noqa: B018 - parse now, inside the try
+        for _elem in ds.iterall():  # parse now, inside the try
+            pass
         return ds
-    except Exception:
-        return Dataset()
+    except RecursionError:
+        raise QueryError("cannot decode the identifier: nested too deeply") from None
+    except Exception as exc:
+        raise QueryError(f"cannot decode the identifier: {type(exc).__name__}") from None
     finally:
         req.Identifier.seek(0)
 

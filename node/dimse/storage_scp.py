@@ -17,7 +17,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from dicomnode.node.activity import Activity
-from dicomnode.node.dimse import receive
+from dicomnode.node.dimse import guard, receive
 from dicomnode.node.dimse.ae import nodelay, server_ae
 from dicomnode.node.dimse.status import NOT_AUTHORIZED, status_dataset
 from dicomnode.node.settings import Settings
@@ -64,6 +64,8 @@ class StorageSCP:
         self.ingester = ingester
         self.activity = activity  # lets the workers hold back while images arrive
         self.in_flight = InFlight()
+        self.admission = guard.Admission(settings)
+        guard.install(settings)
         self._stats: dict[int, AssocStats] = {}
         self._lock = threading.Lock()
         receive.install(ingester.new_sink)
@@ -76,6 +78,8 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_CONN_OPEN, nodelay),
+            (evt.EVT_CONN_OPEN, self.admission.on_conn_open),
+            (evt.EVT_REQUESTED, self.admission.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_ACSE_SENT, self.on_acse_sent),
             (evt.EVT_RELEASED, self.on_closed),
@@ -108,8 +112,7 @@ class StorageSCP:
         why = {
             "Calling AE title not recognised": f"calling AE {a.requestor.ae_title!r} is not in allowed_calling",
             "Called AE title not recognised": f"called AE {called!r} is not ours ({s.aet})",
-            "Local limit exceeded": f"{s.max_associations} associations already open (max_associations)",
-        }.get(prim.reason_str, prim.reason_str.lower())
+        }.get(prim.reason_str, a.__dict__.get("_dn_rejected_because", prim.reason_str.lower()))
         log.warning("association from %s rejected (%s): %s", _who(a), prim.result_str.lower(), why)
 
     def on_closed(self, event: Event) -> None:

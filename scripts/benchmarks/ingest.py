@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scripts.benchmarks.servers import Server, peak_rss_mb, start_node, start_orthanc, start_storescp
+from scripts.benchmarks.servers import Server, start_node, start_orthanc, start_storescp
 from tests.support.datagen import write_ct_series, write_multiframe
+from tests.support.proc import peak_rss_mb
 from tests.support.wait import wait_for
 
 

@@ -13,27 +13,6 @@ from tests.support.net import free_port, wait_port
 from tests.support.peers import Peer
 from tests.support.proc import DICOMNODE, ROOT
 
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a process and its children (storescp --fork, Orthanc's single process)."""
-    total = 0
-    for p in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total = max(total, int(line.split()[1]))
-        except FileNotFoundError:
-            pass
-    return total / 1024
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 Server = Peer  # a started receiver: name, process, port, AE title, storage folder; stop()
 
 
@@ -42,7 +21,7 @@ def start_node(work: Path, concurrent: bool = True, actions: str = "analyze") ->
     env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
            "DICOMNODE_DEFAULT_ACTIONS": actions}
     proc = subprocess.Popen([*DICOMNODE, "serve", "--storage", str(storage), "--host",
-                             "127.0.0.1", "--port", "0", "--aet", "DICOMNODE"], cwd=ROOT, env=env,
+                             "127.0.0.1", "--port", "0", "--aet", "DICOMNODE", "--no-web"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = re.search(r":(\d+) as", line)

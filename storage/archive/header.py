@@ -7,15 +7,20 @@ cost of validating an object does not grow with its size.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from dicomnode.errors import HeaderError
@@ -34,6 +39,7 @@ _UID_CHARS = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 class Header:
     meta: FileMetaDataset
     ds: Dataset
+    end: int = 0  # file offset where parsing stopped: the Pixel Data tag, or the end of the file
 
     @property
     def transfer_syntax(self) -> str:
@@ -46,11 +52,95 @@ class Header:
 def read_header(path: Path, force: bool = False) -> Header:
     """Parse the File Meta and the data set up to (not including) Pixel Data."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES, force=force)
+        with open(path, "rb") as f:
+            ds = dcmread(f, stop_before_pixels=True, defer_size=DEFER_BYTES, force=force)
+            end = f.tell()
         meta = ds.file_meta
+    except RecursionError:
+        raise HeaderError(f"cannot parse DICOM header: sequences nested more than {MAX_NESTING} levels deep") from None
     except Exception as exc:  # pydicom raises many types for malformed input
         raise HeaderError(f"cannot parse DICOM header: {type(exc).__name__}: {exc}") from exc
-    return Header(meta=meta, ds=ds)
+    return Header(meta=meta, ds=ds, end=end)
+
+
+def structure_problem(header: Header, path: Path, size: int) -> str | None:
+    """Why an object's structure cannot be trusted, or None: what a reader of the file would choke on.
+
+    Sequences nested beyond MAX_NESTING, and elements whose declared length runs past the end of
+    the data set: values deferred while parsing the header, the Pixel Data element (its fragments
+    for encapsulated data) and any element after it. Only element headers are read, by seeking,
+    so the cost does not grow with the object's size.
+    """
+    if nesting_depth(header.ds) > MAX_NESTING:
+        return f"sequences nested more than {MAX_NESTING} levels deep"
+    for tag in header.ds.keys():
+        raw = header.ds.get_item(tag, keep_deferred=True)
+        # a value pydicom read short (or deferred) still says how long it claimed to be
+        if isinstance(raw, RawDataElement) and raw.length not in (0, UNDEFINED):
+            if raw.value_tell + raw.length > size:
+                return _past_end(int(tag), raw.length, size - raw.value_tell)
+    syntax = UID(header.transfer_syntax) if header.transfer_syntax else None
+    if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated or header.end >= size:
+        return None
+    with open(path, "rb") as f:
+        return _tail_problem(f, header.end, size, syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_MAX_TAIL_STEPS = 100_000  # elements and fragments after the header: far more than any real object
+
+
+def _past_end(tag: int, length: int, left: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes, the data set has {max(left, 0)} left"
+
+
+def _tail_problem(f: BinaryIO, offset: int, size: int, implicit: bool, little: bool) -> str | None:
+    """Walk the element headers from `offset` (Pixel Data onwards) to the end, seeking over values."""
+    end = "<" if little else ">"
+    in_items = False
+    for _ in range(_MAX_TAIL_STEPS):
+        if offset >= size:
+            return None
+        f.seek(offset)
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size - offset} stray bytes at the end of the data set"
+        group, element = struct.unpack(end + "HH", head[:4])
+        tag = (group << 16) | element
+        if in_items:  # the fragments of encapsulated Pixel Data
+            (length,) = struct.unpack(end + "I", head[4:])
+            if tag == 0xFFFEE0DD:
+                in_items = False
+                offset += 8
+                continue
+            if tag != 0xFFFEE000 or length == UNDEFINED:
+                return f"a malformed Pixel Data fragment at byte {offset}"
+            header_len = 8
+        elif implicit or not (head[4:6].isalpha() and head[4:6].isupper()):
+            # implicit VR; also where the syntax says explicit but the bytes are not a VR, as some
+            # writers do and pydicom reads (it switches the same way)
+            (length,) = struct.unpack(end + "I", head[4:])
+            header_len = 8
+        elif head[4:6] in _LONG_VRS:
+            extra = f.read(4)
+            if len(extra) < 4:
+                return f"{size - offset} stray bytes at the end of the data set"
+            (length,) = struct.unpack(end + "I", extra)
+            header_len = 12
+        else:
+            (length,) = struct.unpack(end + "H", head[6:])
+            header_len = 8
+        if length == UNDEFINED:
+            if tag != 0x7FE00010:
+                return None  # an undefined-length sequence after the pixel data: not walked further
+            in_items = True
+            offset += header_len
+            continue
+        if offset + header_len + length > size:
+            return _past_end(tag, length, size - offset - header_len)
+        offset += header_len + length
+    return None
 
 
 # Groups a data set starts with: command (0000), file meta (0002), directory (0004), identifying (0008).
@@ -111,14 +201,27 @@ def nesting_depth(ds: Dataset, limit: int = MAX_NESTING) -> int:
     stack: list[tuple[Dataset, int]] = [(ds, 0)]
     while stack:
         item, depth = stack.pop()
-        for elem in item:
-            if elem.VR != "SQ" or not elem.value:
+        for tag in item.keys():
+            raw = item.get_item(tag, keep_deferred=True)
+            if (getattr(raw, "VR", None) or _dictionary_vr(tag)) != "SQ":
+                continue  # other values stay as read (deferred ones unread)
+            # pydicom keeps a sequence of defined length as bytes until asked: asking parses
+            # one level, whose own sequences stay bytes; so the walk never recurses
+            value = item[tag].value
+            if not isinstance(value, Sequence) or not value:
                 continue
             deepest = max(deepest, depth + 1)
             if deepest > limit:
                 return deepest
-            stack.extend((sub, depth + 1) for sub in elem.value)
+            stack.extend((sub, depth + 1) for sub in value)
     return deepest
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return ""
 
 
 def uid_problem(value: str) -> str | None:

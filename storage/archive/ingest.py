@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +34,7 @@ from dicomnode.storage.archive.header import (
     has_part10_prefix,
     index_values,
     read_header,
+    structure_problem,
     uid_problem,
 )
 from dicomnode.storage.archive.layout import Layout
@@ -63,6 +64,7 @@ class Outcome:
     sop_instance_uid: str = ""
     path: Path | None = None
     action: str = ""  # stored | replaced | kept | failed
+    identity: dict[str, str] = field(default_factory=dict)  # the object's own UIDs, when it could be parsed
 
     @property
     def ok(self) -> bool:
@@ -91,10 +93,15 @@ class Ingester:
         return shutil.disk_usage(self.layout.tmp).free >= self.min_free_bytes
 
     def ingest(self, sink: HashingSink, *, sop_class: str | None = None, sop_instance: str | None = None,
-               calling_aet: str | None = None, peer: str | None = None, force: bool = False) -> Outcome:
-        """Archive a complete sink; the sink is consumed (kept or discarded) in every case."""
+               study: str | None = None, calling_aet: str | None = None, peer: str | None = None,
+               force: bool = False) -> Outcome:
+        """Archive a complete sink; the sink is consumed (kept or discarded) in every case.
+
+        `sop_class`, `sop_instance` and `study` are what the sender said the object is (the
+        C-STORE command; the study of a STOW-RS URL): an object that is something else is refused.
+        """
         try:
-            out = self._ingest(sink, sop_class, sop_instance, calling_aet, peer, force)
+            out = self._ingest(sink, Claims(sop_class, sop_instance, study), calling_aet, peer, force)
         except Exception as exc:  # last resort: never let one object take the server down
             log.exception("ingest failed")
             out = Outcome(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}: {exc}", action="failed")
@@ -102,8 +109,8 @@ class Ingester:
             sink.discard()
         return out
 
-    def _ingest(self, sink: HashingSink, sop_class: str | None, sop_instance: str | None,
-                calling_aet: str | None, peer: str | None, force: bool) -> Outcome:
+    def _ingest(self, sink: HashingSink, claims: Claims, calling_aet: str | None, peer: str | None,
+                force: bool) -> Outcome:
         if sink.error is not None:
             return _resource_failure(sink.error)
         if not self.has_room():
@@ -116,9 +123,19 @@ class Ingester:
             header = read_header(sink.path, force=force)
         except HeaderError as exc:
             return Outcome(CANNOT_UNDERSTAND, str(exc)[:1024], action="failed")
-        problem = identity_problem(header, sop_class, sop_instance)
+        out = self._archive(sink, header, claims, calling_aet, peer)
+        out.identity = {kw: header.uid(kw) for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                                                      "SeriesInstanceUID")}
+        return out
+
+    def _archive(self, sink: HashingSink, header: Header, claims: Claims, calling_aet: str | None,
+                 peer: str | None) -> Outcome:
+        problem = identity_problem(header, claims)
         if problem is not None:
             return problem
+        flaw = structure_problem(header, sink.path, sink.size)
+        if flaw is not None:  # stored, it would break every reader that comes after (dcmdump too)
+            return Outcome(CANNOT_UNDERSTAND, flaw, header.uid("SOPInstanceUID"), action="failed")
         values = index_values(header)
         sop_uid = values["IMAGE"]["SOPInstanceUID"]
 
@@ -174,9 +191,18 @@ class Ingester:
         return self.ingest(sink, calling_aet=None, peer="import", force=force)
 
 
-def identity_problem(header: Header, sop_class: str | None = None,
-                     sop_instance: str | None = None) -> Outcome | None:
+@dataclass(frozen=True)
+class Claims:
+    """What a sender says an object is; None where it says nothing."""
+
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    study: str | None = None
+
+
+def identity_problem(header: Header, claims: Claims = Claims()) -> Outcome | None:
     """Why an object cannot be archived (as a failed Outcome), or None."""
+    sop_class, sop_instance = claims.sop_class, claims.sop_instance
     for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         why = uid_problem(header.uid(kw))
         if why is not None:
@@ -189,6 +215,10 @@ def identity_problem(header: Header, sop_class: str | None = None,
     if sop_class is not None and header.uid("SOPClassUID") != sop_class.strip("\x00 "):
         return Outcome(DOES_NOT_MATCH, f"SOP Class UID differs from request: data set has "
                        f"{header.uid('SOPClassUID')}, request {sop_class}",
+                       header.uid("SOPInstanceUID"), action="failed")
+    if claims.study is not None and header.uid("StudyInstanceUID") != claims.study.strip("\x00 "):
+        return Outcome(DOES_NOT_MATCH, f"Study Instance UID differs from request: data set has "
+                       f"{header.uid('StudyInstanceUID')}, request {claims.study}",
                        header.uid("SOPInstanceUID"), action="failed")
     if not header.transfer_syntax:
         return Outcome(CANNOT_UNDERSTAND, "no Transfer Syntax UID in the file meta information", action="failed")

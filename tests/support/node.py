@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.support.proc import DICOMNODE, ROOT, cli, need, run
 
 READY = re.compile(r"dicomnode listening on (\S+):(\d+) as (\S+)")
+WEB_READY = re.compile(r"dicomnode web on https?://\S+:(\d+)/dicom-web")
 
 
 @dataclass
@@ -25,12 +26,15 @@ class Node:
     port: int = 0
     aet: str = "DICOMNODE"
     log_path: Path | None = None
+    web: bool = False  # the HTTP side too (a free port), else --no-web
+    http_port: int = 0
 
     def start(self, timeout: float = 30) -> Node:
         self.log_path = self.storage.parent / f"{self.storage.name}-node.log"
         log = open(self.log_path, "a")
         args = [*DICOMNODE, "serve", "--storage", str(self.storage), "--host", "127.0.0.1", "--port",
-                str(self.port or 0), "--aet", self.aet, *self.extra]
+                str(self.port or 0), "--aet", self.aet, *(["--http-port", "0"] if self.web else ["--no-web"]),
+                *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
                                      env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
@@ -42,6 +46,11 @@ class Node:
             m = READY.search(line)
             if m:
                 self.port = int(m.group(2))
+                if not self.web:
+                    return self
+            w = WEB_READY.search(line)
+            if w:
+                self.http_port = int(w.group(1))
                 return self
         self.stop()
         raise AssertionError(f"node did not start:\n{self.log()}")
@@ -67,6 +76,10 @@ class Node:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     @property
     def peer(self) -> str:

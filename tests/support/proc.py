@@ -31,3 +31,23 @@ def run(cmd: list[str], timeout: float = 120, check: bool = False, **kw: Any) ->
 def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The real `dicomnode` command line, in a subprocess."""
     return run([*DICOMNODE, *args], timeout=timeout, check=check, cwd=ROOT)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process and its children (storescp --fork, Orthanc's single process)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total = max(total, int(line.split()[1]))
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []

@@ -1,4 +1,4 @@
-"""C-FIND identifiers in, C-FIND responses out (the SQL side is storage/query.py).
+"""Query identifiers in, matching data sets out: C-FIND and QIDO-RS both (the SQL side is sql.py).
 
 An identifier's elements become matching keys; every requested key gets a
 value in each response: from the index, from the hierarchy (counts,
@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
 
 from dicomnode.errors import QueryError
-from dicomnode.storage.archive.header import read_stored_header
+from dicomnode.storage.archive.header import nesting_depth, read_stored_header
 from dicomnode.storage.query.matching import Condition, matches, parse
 from dicomnode.storage.query.sql import Query, build_query, split_aggregate
 
@@ -37,6 +37,7 @@ RETRIEVE_AET = 0x00080054
 AVAILABILITY = 0x00080056
 SPECIAL = (QUERY_LEVEL, CHARSET, RETRIEVE_AET, AVAILABILITY)
 AGGREGATES = ("ModalitiesInStudy", "SOPClassesInStudy")
+MAX_KEY_NESTING = 8  # sequence matching within sequences: deeper identifiers are refused (0xA900)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Request:
 
 def parse_identifier(ds: Dataset, model: str, fold_pn: bool = True, hierarchical: bool = True) -> Request:
     """The identifier as a Query; QueryError names what is wrong with it."""
+    if nesting_depth(ds, MAX_KEY_NESTING) > MAX_KEY_NESTING:
+        raise QueryError(f"sequence keys nested more than {MAX_KEY_NESTING} levels deep")
     try:
         level = str(ds.get("QueryRetrieveLevel", "") or "").strip().upper()
         charset = _charset_list(ds.get("SpecificCharacterSet"))
@@ -153,19 +156,27 @@ def _value_of(ds: Dataset, keyword: str) -> str | list[str] | None:
 
 
 def _sequence_matches(request_item: Dataset, stored: Any) -> bool:
-    """Sequence matching (PS3.4 C.2.2.2.6): some stored item matches every keyed sub-key."""
+    """Sequence matching (PS3.4 C.2.2.2.6): some stored item matches every keyed sub-key, and
+    every sub-sequence with a keyed item in turn (the identifier's depth is limited on parsing)."""
     conds = []
+    nested: list[tuple[str, Dataset]] = []
     for elem in request_item:
-        if elem.VR == "SQ" or not elem.keyword:
+        if not elem.keyword:
+            continue
+        if elem.VR == "SQ":
+            if elem.value and len(elem.value[0]):
+                nested.append((elem.keyword, elem.value[0]))
             continue
         cond = parse(elem.keyword, _vr(elem), _text(elem.value))
         if cond is not None:
             conds.append(cond)
-    if not conds:
+    if not conds and not nested:
         return True
     if stored is None:
         return False
-    return any(all(matches(c, _value_of(item, c.keyword)) for c in conds) for item in stored.value or [])
+    return any(all(matches(c, _value_of(item, c.keyword)) for c in conds)
+               and all(_sequence_matches(sub, _element(item, kw)) for kw, sub in nested)
+               for item in stored.value or [])
 
 
 # -- responses --------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""What keeps a hostile or broken peer from taking the node away from everyone else.
+
+- Admission (EVT_REQUESTED): an association counts once its request has
+  arrived, against `max_associations` in all, `max_associations_per_host` per
+  IP address and `max_associations_per_aet` per calling AE title; beyond, it
+  is rejected as pynetdicom would (transient, local limit exceeded) with the
+  limit in the log. Connections that have sent nothing yet do not count: a
+  burst of idle sockets cannot lock modalities out.
+- Waiting connections (EVT_CONN_OPEN): at most `max_pending_per_host` from
+  one address may sit before their A-ASSOCIATE-RQ; more are closed at once.
+- Reading a PDU (patches.wrap_socket_recv): a body longer than we announced
+  (or, before association, a request over 1 MiB) closes the connection
+  before any of it is buffered; a PDU must arrive whole within a deadline
+  (the request within `acse_timeout` of its first byte, any other within
+  `network_timeout`), so a peer trickling one byte a second is cut off.
+  A cut read returns short, which pynetdicom treats as a closed connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import AssociationSocket
+
+from dicomnode.node.dimse import patches
+from dicomnode.node.settings import Settings
+
+log = logging.getLogger("dicomnode")
+
+MAX_REQUEST_PDU = 1 << 20  # an A-ASSOCIATE-RQ of 128 contexts with many syntaxes is well under 100 KB
+MAX_PDU_UNANNOUNCED = 64 << 20  # max_pdu = 0 announces no limit; this is still kept
+CLIENT_MAX_PDU = 256 << 20  # what we accept from a remote we called (peers ignore our announced size)
+_READ_CHUNK = 1 << 16
+
+
+@dataclass
+class Limits:
+    max_pdu: int = 65536
+    acse_timeout: float = 30.0
+    network_timeout: float | None = 60.0
+
+
+_limits = Limits()
+
+
+def install(settings: Settings) -> None:
+    """Bound every PDU read of this process by the settings' limits."""
+    _limits.max_pdu = settings.max_pdu or MAX_PDU_UNANNOUNCED
+    _limits.acse_timeout = settings.acse_timeout
+    _limits.network_timeout = settings.network_timeout or None
+    patches.wrap_socket_recv(_bounded)
+
+
+def _bounded(_original: Callable[..., bytearray]) -> Callable[..., bytearray]:
+    def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+        assoc = self.assoc
+        now = time.monotonic()
+        requesting = assoc.is_acceptor and assoc.requestor.primitive is None
+        if nr_bytes == 6:  # a PDU's header: a new PDU begins, and with it its deadline
+            first = self.__dict__.setdefault("_dn_first_byte", now)
+            budget = _limits.acse_timeout if requesting else _limits.network_timeout
+            self.__dict__["_dn_deadline"] = (first if requesting else now) + budget if budget else None
+        else:
+            cap = MAX_REQUEST_PDU if requesting else _limits.max_pdu if assoc.is_acceptor else CLIENT_MAX_PDU
+            if nr_bytes > cap:
+                log.warning("%s declared a PDU of %d bytes, over the limit of %d: connection closed",
+                            _peer(assoc), nr_bytes, cap)
+                self.close()
+                return bytearray()
+        return _read(self, nr_bytes, self.__dict__.get("_dn_deadline"))
+
+    return recv
+
+
+def _read(sock: AssociationSocket, nr_bytes: int, deadline: float | None) -> bytearray:
+    """Up to nr_bytes, by the deadline; short (and the connection closed) when it passes."""
+    raw = sock.socket
+    data = bytearray()
+    if raw is None:
+        return data
+    before = raw.gettimeout()
+    try:
+        while len(data) < nr_bytes:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%s: a PDU did not arrive whole in time: connection closed", _peer(sock.assoc))
+                    sock.close()
+                    return data
+                raw.settimeout(left)
+            try:
+                chunk = raw.recv(min(_READ_CHUNK, nr_bytes - len(data)))
+            except socket.timeout:
+                continue  # the deadline check above decides
+            if not chunk:
+                return data
+            data.extend(chunk)
+    finally:
+        if sock.socket is not None:
+            raw.settimeout(before)
+    return data
+
+
+def _peer(assoc: Association) -> str:
+    r = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    return f"{r.ae_title or '?'}@{r.address}:{r.port}"
+
+
+class Admission:
+    """The association limits of the settings, applied as requests arrive."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _acceptors(self, assoc: Association) -> list[Association]:
+        return [a for a in assoc.ae.active_associations if a.is_acceptor and not a.is_rejected
+                and not a.is_aborted and not a.is_released]
+
+    def on_conn_open(self, event: Event) -> None:
+        """Close a connection beyond the host's allowance of connections that have not yet asked."""
+        assoc = event.assoc
+        host = assoc.requestor.address
+        waiting = [a for a in self._acceptors(assoc) if a.requestor.primitive is None and a.requestor.address == host]
+        if len(waiting) > self.settings.max_pending_per_host:
+            log.warning("connection from %s closed: %d connections from it have not sent a request "
+                        "(max_pending_per_host)", host, len(waiting) - 1)
+            if assoc.dul.socket is not None:
+                assoc.dul.socket.close()
+
+    def on_requested(self, event: Event) -> None:
+        """Reject a request beyond the limits (A-ASSOCIATE-RJ transient, local limit exceeded)."""
+        assoc, s = event.assoc, self.settings
+        asked = [a for a in self._acceptors(assoc) if a.requestor.primitive is not None]
+        host, aet = assoc.requestor.address, assoc.requestor.ae_title
+        why = None
+        if len(asked) > s.max_associations:
+            why = f"{s.max_associations} associations already open (max_associations)"
+        elif sum(a.requestor.address == host for a in asked) > s.max_associations_per_host:
+            why = f"{s.max_associations_per_host} associations from {host} already open (max_associations_per_host)"
+        elif sum(a.requestor.ae_title == aet for a in asked) > s.max_associations_per_aet:
+            why = f"{s.max_associations_per_aet} associations of {aet} already open (max_associations_per_aet)"
+        if why is not None:
+            assoc.__dict__["_dn_rejected_because"] = why
+            assoc.acse.send_reject(0x02, 0x03, 0x02)

@@ -1,0 +1,184 @@
+"""Who may call the HTTP side, from where, and how answers are packed.
+
+- Authentication (`[web] auth`): none (loopback only, unless `insecure`),
+  basic (users with PBKDF2 password hashes in the configuration), or bearer
+  (JWTs checked with PyJWT against a shared secret or the issuer's JWKS).
+  401 with a WWW-Authenticate challenge when credentials are missing or wrong.
+- CORS: off unless `cors_origins` names origins; then their requests and
+  OPTIONS preflights are answered, Authorization allowed.
+- gzip for JSON answers when the client accepts it (never for DICOM, whose
+  pixel data does not shrink and whose streams must not be buffered).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import zlib
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomnode.node.settings import Settings
+
+PBKDF2_ROUNDS = 600_000
+JSON_TYPES = (b"application/dicom+json", b"application/json")
+
+
+def hash_password(password: str, salt: bytes | None = None, rounds: int = PBKDF2_ROUNDS) -> str:
+    """A password hash for `[web] users`: pbkdf2-sha256$rounds$salt$hash (base64)."""
+    import secrets
+
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, rounds)
+    return f"pbkdf2-sha256${rounds}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, rounds, salt, digest = stored.split("$")
+        if scheme != "pbkdf2-sha256":
+            return False
+        got = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(rounds))
+        return hmac.compare_digest(got, base64.b64decode(digest))
+    except (ValueError, binascii.Error):
+        return False
+
+
+class Access:
+    """ASGI middleware: authentication, CORS, gzip of JSON."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.users = dict(u.split(":", 1) for u in settings.web_users if ":" in u)
+        self._jwks: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        allowed = origin if origin and (origin in self.settings.cors_origins or "*" in self.settings.cors_origins) \
+            else None
+        if scope["method"] == "OPTIONS" and headers.get("access-control-request-method"):
+            await self._preflight(send, allowed)
+            return
+        why = self._refusal(headers)
+        if why is not None:
+            await _plain(send, 401, why, {"WWW-Authenticate": self._challenge()}, allowed)
+            return
+        gzip_ok = "gzip" in headers.get("accept-encoding", "")
+        await self.app(scope, receive, _Packer(send, allowed, gzip_ok).send)
+
+    def _challenge(self) -> str:
+        return 'Bearer realm="dicomnode"' if self.settings.web_auth == "bearer" else 'Basic realm="dicomnode"'
+
+    def _refusal(self, headers: Headers) -> str | None:
+        mode = self.settings.web_auth
+        if mode == "none":
+            return None
+        auth = headers.get("authorization", "")
+        scheme, _, credential = auth.partition(" ")
+        if mode == "basic":
+            if scheme.lower() != "basic":
+                return "authentication required (HTTP Basic)"
+            try:
+                name, _, password = base64.b64decode(credential).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return "malformed Basic credentials"
+            stored = self.users.get(name)
+            return None if stored and _check_password(password, stored) else "wrong user name or password"
+        if scheme.lower() != "bearer" or not credential:
+            return "authentication required (Bearer token)"
+        return self._token_refusal(credential.strip())
+
+    def _token_refusal(self, token: str) -> str | None:
+        import jwt
+
+        try:
+            if self.settings.jwt_secret:
+                jwt.decode(token, self.settings.jwt_secret, algorithms=["HS256", "HS384", "HS512"],
+                           options={"require": ["exp"]})
+            else:
+                key = self._signing_key(token)
+                jwt.decode(token, key, algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"],
+                           options={"require": ["exp"]})
+        except jwt.PyJWTError as exc:
+            return f"token refused: {exc}"
+        return None
+
+    def _signing_key(self, token: str) -> Any:
+        import json
+
+        import jwt
+
+        source = self.settings.jwt_jwks
+        if source.startswith(("http://", "https://")):
+            if self._jwks is None:
+                self._jwks = jwt.PyJWKClient(source)
+            return self._jwks.get_signing_key_from_jwt(token).key
+        if self._jwks is None:
+            with open(source) as f:
+                self._jwks = jwt.PyJWKSet.from_dict(json.load(f))
+        kid = jwt.get_unverified_header(token).get("kid")
+        for k in self._jwks.keys:
+            if kid is None or k.key_id == kid:
+                return k.key
+        raise jwt.InvalidKeyError(f"no key {kid!r} in {source}")
+
+    async def _preflight(self, send: Send, origin: str | None) -> None:
+        if origin is None:
+            await _plain(send, 403, "cross-origin requests are not allowed (cors_origins)", {}, None)
+            return
+        await _plain(send, 204, "", {
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type",
+            "Access-Control-Max-Age": "600"}, None)
+
+
+async def _plain(send: Send, status: int, text: str, headers: dict[str, str], origin: str | None) -> None:
+    body = text.encode()
+    raw = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if origin:
+        raw += [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Packer:
+    """Adds CORS headers, and gzips a JSON answer as it streams (never buffered whole)."""
+
+    def __init__(self, send: Send, origin: str | None, gzip_ok: bool) -> None:
+        self._send = send
+        self.origin = origin
+        self.gzip_ok = gzip_ok
+        self.zip: Any = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(raw=list(message["headers"]))
+            if self.origin:
+                headers["Access-Control-Allow-Origin"] = self.origin
+                headers.append("Vary", "Origin")
+            ctype = headers.get("content-type", "").encode()
+            if self.gzip_ok and ctype.startswith(JSON_TYPES) and "content-encoding" not in headers:
+                self.zip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip container
+                headers["Content-Encoding"] = "gzip"
+                headers.append("Vary", "Accept-Encoding")
+                if "content-length" in headers:
+                    del headers["content-length"]
+            await self._send({**message, "headers": headers.raw})
+            return
+        if self.zip is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        more = message.get("more_body", False)
+        body = self.zip.compress(message.get("body", b"")) + (b"" if more else self.zip.flush())
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})
