@@ -84,10 +84,17 @@ def _rule(path: Path, i: int, r: Any) -> Rule:
 
 def _remote(path: Path, name: str, t: Any) -> Remote:
     try:
+        if t.get("url"):  # a DICOMweb endpoint: find (QIDO-RS) and send (STOW-RS)
+            url = str(t["url"]).rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError
+            return Remote(name, str(t.get("aet", name))[:16], "", 0, _strings(t.get("services", ("store", "find"))),
+                          url)
         services = _strings(t.get("services", SERVICES))
         return Remote(name, str(t["aet"]), str(t["host"]), int(t["port"]), services)
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise ConfigError(f"{path}: [remotes.{name}] needs aet, host and port") from None
+        raise ConfigError(f"{path}: [remotes.{name}] needs aet, host and port (DIMSE) or url (DICOMweb, "
+                          "http(s)://.../dicom-web)") from None
 
 
 def _from_env() -> dict[str, Any]:

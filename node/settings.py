@@ -35,6 +35,7 @@ class Remote:
     host: str
     port: int
     services: tuple[str, ...] = SERVICES
+    url: str = ""  # a DICOMweb endpoint (find: QIDO-RS, send: STOW-RS) instead of a DIMSE peer
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
     jobs.py      jobs, jobs retry
     remote.py    remotes, echo, send, find, move, get
     files.py     analyze, anonymize, convert
+    web.py       hash-password
     common.py    what they share: options, exit codes, settings and archive loading, output
 
 Each topic module defines plain functions and registers them here; none of
@@ -20,12 +21,12 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.node.cli import archive, files, jobs, remote
+from dicomnode.node.cli import archive, files, jobs, remote, web
 from dicomnode.node.cli.common import EXIT_FAIL, err, error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dicomnode: a DICOM node that never loses an image.")
-for topic in (archive, remote, files, jobs):
+for topic in (archive, remote, files, jobs, web):
     topic.register(app)
 
 

@@ -94,6 +94,9 @@ def remote_peer(s: Settings, text: str, service: str | None = None) -> Peer:
             error(f"remote {text} is not configured for {service}",
                   f"(its services: {', '.join(r.services) or 'none'})")
             raise typer.Exit(EXIT_USAGE)
+        if r.url:
+            error(f"remote {text} is a DICOMweb endpoint ({r.url}): this command speaks DIMSE")
+            raise typer.Exit(EXIT_USAGE)
         return Peer(r.aet, r.host, r.port)
     try:
         return parse_peer(text)
@@ -101,6 +104,17 @@ def remote_peer(s: Settings, text: str, service: str | None = None) -> Peer:
         known = ", ".join(s.remotes) or "none configured"
         error(f"{text!r} is neither a configured remote ({known}) nor AET@host:port")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def web_remote(s: Settings, text: str, service: str) -> str | None:
+    """The URL of a configured DICOMweb remote allowed `service`, or None for a DIMSE peer."""
+    r = s.remotes.get(text)
+    if r is None or not r.url:
+        return None
+    if service not in r.services:
+        error(f"remote {text} is not configured for {service}", f"(its services: {', '.join(r.services) or 'none'})")
+        raise typer.Exit(EXIT_USAGE)
+    return r.url
 
 
 def emit_json(data: Any) -> None:

@@ -29,14 +29,14 @@ def remotes(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """List the remote nodes of the configuration."""
     s = c.settings(config)
     if json_out:
-        c.emit_json([{"name": r.name, "aet": r.aet, "host": r.host, "port": r.port, "services": list(r.services)}
-                   for r in s.remotes.values()])
+        c.emit_json([{"name": r.name, "aet": r.aet, "host": r.host, "port": r.port, "services": list(r.services),
+                     **({"url": r.url} if r.url else {})} for r in s.remotes.values()])
         return
     t = Table(title=f"{len(s.remotes)} remote(s)")
-    for col in ("name", "aet", "host", "port", "services"):
+    for col in ("name", "aet", "host", "port", "url", "services"):
         t.add_column(col)
     for r in s.remotes.values():
-        t.add_row(r.name, r.aet, r.host, str(r.port), ", ".join(r.services))
+        t.add_row(r.name, r.aet, r.host, str(r.port or ""), r.url, ", ".join(r.services))
     c.out.print(t)
 
 
@@ -81,12 +81,18 @@ def send(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
     from dicomnode.node.dimse.scu import send as c_send
 
     s = c.settings(config, aet=aet, storage=storage, db=db)
-    p = c.remote_peer(s, peer, "store")
+    url = c.web_remote(s, peer, "store")
+    p: Any = url or c.remote_peer(s, peer, "store")
     inputs = c.resolve_targets(targets, config, storage, db)
     with c.progress() as bar:
-        task = bar.add_task(f"sending to {p.aet}", total=len(inputs.files))
+        task = bar.add_task(f"sending to {peer}", total=len(inputs.files))
         try:
-            report = c_send(p, inputs.files, s.aet, c.timeouts(s), progress=lambda _i: bar.advance(task))
+            if url:
+                from dicomnode.node.web.client import send as stow
+
+                report = stow(url, inputs.files, progress=lambda _i: bar.advance(task))
+            else:
+                report = c_send(p, inputs.files, s.aet, c.timeouts(s), progress=lambda _i: bar.advance(task))
         except AssociationFailed as exc:
             raise c.failed(exc, "send") from None
     rows = c.unreadable_rows(inputs) + [
@@ -132,16 +138,19 @@ def find(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
          keys: KeysOpt = None, level: LevelOpt = None, model: ModelOpt = "study",
          csv_out: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False, wide: WideOpt = False,
          config: ConfigOpt = None, aet: AetOpt = None, json_out: JsonOpt = False) -> None:
-    """C-FIND on a remote node; the matches as a table, JSON or CSV."""
+    """C-FIND on a remote node (QIDO-RS on a DICOMweb remote); the matches as a table, JSON or CSV."""
     from dicomnode.node.dimse.qr_scu import find as c_find
+    from dicomnode.node.web.client import find as qido
 
     s = c.settings(config, aet=aet)
-    p = c.remote_peer(s, peer, "find")
+    url = c.web_remote(s, peer, "find")
+    p: Any = url or c.remote_peer(s, peer, "find")
     lv, ident = _query(s, keys, level, defaults=True)
     columns = [e.keyword for e in ident if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
     rows: list[dict[str, str]] = []
     try:
-        for ds in c_find(p, s.aet, _model(model), ident, c.timeouts(s)):
+        found = qido(url, lv, ident) if url else c_find(p, s.aet, _model(model), ident, c.timeouts(s))
+        for ds in found:
             rows.append({col: _text(ds.get(col)) for col in columns})
     except (AssociationFailed, QRFailed) as exc:
         raise c.failed(exc, "C-FIND", json_out) from None

@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian
 from pynetdicom import _config
 
 from dicomnode.errors import AssociationFailed
 from dicomnode.node.dimse.ae import MAX_CONTEXTS, NATIVE, UNCOMPRESSED, VERIFICATION, Timeouts, associate, client_ae
 from dicomnode.node.dimse.status import is_warning
 from dicomnode.node.peers import Peer
+from dicomnode.node.processing.transcode import little_endian
 
 log = logging.getLogger("dicomnode.scu")
 
@@ -53,25 +52,6 @@ class SendReport:
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.items if i.state == state)
-
-
-def little_endian(ds: Dataset) -> Dataset:
-    """A data set read from Explicit VR Big Endian, to be written little endian.
-
-    pynetdicom re-encodes the parsed values, but bulk values (OW, OL, OF, OD,
-    OV: pixel data, LUTs, overlays) are bytes in the file's byte order: each
-    word is swapped here, at every depth.
-    """
-    for elem in ds.iterall():
-        size = _WORD.get(elem.VR)
-        if size and isinstance(elem.value, (bytes, bytearray)) and len(elem.value) % size == 0:
-            elem.value = np.frombuffer(elem.value, f">u{size}").astype(f"<u{size}").tobytes()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.set_original_encoding(False, True, ds.original_character_set)  # values are parsed: write them afresh
-    return ds
-
-
-_WORD = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
 def _refusal(assoc: Any, it: SendItem, accepted: set[str]) -> str:

@@ -70,7 +70,12 @@ def forward(ctx: Context, path: Path, target: str, _job: ClaimedJob) -> None:
     if remote is None:
         raise PermanentError(f"no [remotes.{target}] configured")
     try:
-        rep = send(Peer(remote.aet, remote.host, remote.port), [path], s.aet, Timeouts.of(s))
+        if remote.url:  # a DICOMweb endpoint: STOW-RS
+            from dicomnode.node.web.client import send as stow
+
+            rep = stow(remote.url, [path])
+        else:
+            rep = send(Peer(remote.aet, remote.host, remote.port), [path], s.aet, Timeouts.of(s))
     except AssociationFailed as exc:
         raise RuntimeError(str(exc)) from None
     item = rep.items[0]

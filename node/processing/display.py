@@ -30,6 +30,7 @@ AUTO_PERCENTILES = (0.5, 99.5)
 class Window:
     center: float
     width: float
+    function: str = "LINEAR"  # LINEAR, LINEAR_EXACT or SIGMOID (PS3.3 C.11.2.1.3)
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _voi(values: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
     """VOI to 0..1: an explicit window, the VOI LUT Sequence, the first window, else a percentile window."""
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     if window is not None:
-        return window_function(values, window.center, window.width, "LINEAR")
+        return window_function(values, window.center, window.width, window.function.upper())
     if "VOILUTSequence" in ds:
         try:
             item = ds.VOILUTSequence[0]

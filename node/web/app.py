@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from dicomnode.node import services
 from dicomnode.node.settings import Settings
-from dicomnode.node.web import access, qido, stow, wado
+from dicomnode.node.web import access, pictures, qido, stow, wado
 from dicomnode.node.web.context import BASE, Web
 
 STUDY = BASE + "/studies/{study}"
@@ -41,6 +41,19 @@ def routes() -> list[Route]:
         Route(STUDY + "/metadata", wado.metadata, methods=["GET"]),
         Route(SERIES + "/metadata", wado.metadata, methods=["GET"]),
         Route(INSTANCE + "/metadata", wado.metadata, methods=["GET"]),
+        Route(INSTANCE + "/frames/{frames}", wado.frames, methods=["GET"]),
+        Route(INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, methods=["GET"]),
+        Route(STUDY + "/rendered", pictures.rendered, methods=["GET"]),
+        Route(SERIES + "/rendered", pictures.rendered, methods=["GET"]),
+        Route(INSTANCE + "/rendered", pictures.rendered, methods=["GET"]),
+        Route(INSTANCE + "/frames/{frames}/rendered", pictures.rendered, methods=["GET"]),
+        Route(STUDY + "/thumbnail", pictures.thumbnail, methods=["GET"]),
+        Route(SERIES + "/thumbnail", pictures.thumbnail, methods=["GET"]),
+        Route(INSTANCE + "/thumbnail", pictures.thumbnail, methods=["GET"]),
+        Route(INSTANCE + "/frames/{frames}/thumbnail", pictures.thumbnail, methods=["GET"]),
+        # WADO-URI
+        Route(BASE + "/wado", pictures.wado_uri, methods=["GET"]),
+        Route("/wado", pictures.wado_uri, methods=["GET"]),
     ]
 
 

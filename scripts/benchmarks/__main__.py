@@ -1,7 +1,8 @@
 """`scripts/bench`: the benchmarks, side by side in one run (run as `python -m scripts.benchmarks`).
 
 C-FIND latency (the node and Orthanc on the same 10,000-study index),
-conversion (MP4 against GIF), ingest (the node, DCMTK storescp, Orthanc).
+conversion (MP4 against GIF), ingest (the node, DCMTK storescp, Orthanc),
+DICOMweb (the node and Orthanc's DICOMweb plugin; whether the web side slows DIMSE).
 Prints tables and writes bench-results/bench.json.
 """
 
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.benchmarks import convert, find, ingest
+from scripts.benchmarks import convert, dicomweb, find, ingest
 from tests.support.proc import ROOT
 
 
@@ -25,7 +26,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
-    ap.add_argument("--only", choices=["ingest", "find", "convert"], help="run one part (default: all)")
+    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb"], help="run one part (default: all)")
     ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
     ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     args = ap.parse_args()
@@ -45,6 +46,14 @@ def main() -> int:
             conv = convert.run(work)
             report(conv, title="convert: MP4 (H.264) against GIF, same 200-frame cine loop")
             results.update({f"convert: {k}": v for k, v in conv.items()})
+        if args.only in (None, "dicomweb") and shutil.which("Orthanc"):
+            web = dicomweb.run(work / "dicomweb")
+            report(web, title="DICOMweb (ratio = dicomnode / orthanc; for images/s and MB/s higher is better)")
+            results.update({f"dicomweb: {k}": v for k, v in web.items()})
+            beside = dicomweb.dimse_beside_web(work / "beside", args.reps)
+            report(beside, title="DIMSE beside the web side: 200 images by storescu (seconds, medians)")
+            results.update({f"dicomweb: {k} (dimse beside web)": v for k, v in beside.items()})
+            shutil.rmtree(work / "dicomweb", ignore_errors=True)
         if args.only in (None, "ingest"):
             got = ingest.run(work, args.no_big, args.orthanc_big, args.reps)
             report(got)

@@ -10,24 +10,33 @@ import subprocess
 from pathlib import Path
 
 from tests.support.net import free_port, wait_port
-from tests.support.peers import Peer
+from tests.support.peers import ORTHANC_DICOMWEB, Peer
 from tests.support.proc import DICOMNODE, ROOT
 
 Server = Peer  # a started receiver: name, process, port, AE title, storage folder; stop()
 
 
-def start_node(work: Path, concurrent: bool = True, actions: str = "analyze") -> Server:
+def start_node(work: Path, concurrent: bool = True, actions: str = "analyze", web: bool = False) -> Server:
+    """The node; with `web`, its DICOMweb side too (on a free port: Server.http_port)."""
     storage = work / "node"
     env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
            "DICOMNODE_DEFAULT_ACTIONS": actions}
     proc = subprocess.Popen([*DICOMNODE, "serve", "--storage", str(storage), "--host",
-                             "127.0.0.1", "--port", "0", "--aet", "DICOMNODE", "--no-web"], cwd=ROOT, env=env,
+                             "127.0.0.1", "--port", "0", "--aet", "DICOMNODE",
+                             *(["--http-port", "0"] if web else ["--no-web"])], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = re.search(r":(\d+) as", line)
     if not m:
         raise RuntimeError(f"node did not start: {line!r}")
-    return Server("dicomnode" if actions else "dicomnode, no jobs", proc, int(m.group(1)), "DICOMNODE", storage)
+    http = 0
+    if web:
+        w = re.search(r"dicomnode web on https?://\S+:(\d+)/", proc.stdout.readline())  # type: ignore[union-attr]
+        if not w:
+            raise RuntimeError("the node's web side did not start")
+        http = int(w.group(1))
+    return Server("dicomnode" if actions else "dicomnode, no jobs", proc, int(m.group(1)), "DICOMNODE", storage,
+                  http)
 
 
 def start_storescp(work: Path, concurrent: bool = True) -> Server:
@@ -43,17 +52,24 @@ def start_storescp(work: Path, concurrent: bool = True) -> Server:
     return Server("dcmtk storescp", proc, port, "STORESCP", out)
 
 
-def start_orthanc(work: Path, concurrent: bool = True) -> Server:
+def start_orthanc(work: Path, concurrent: bool = True, dicomweb: bool = False) -> Server:
+    """Orthanc; with `dicomweb`, its DICOMweb plugin at http://127.0.0.1:HTTP/dicom-web/."""
     storage = work / "orthanc"
     storage.mkdir(parents=True)
     port, http = free_port(), free_port()
-    conf = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-            "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4,
-            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+    conf: dict = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+                  "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+                  "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+                  "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4,
+                  "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+    if dicomweb:
+        if not Path(ORTHANC_DICOMWEB).exists():
+            raise RuntimeError("Orthanc's DICOMweb plugin is missing (scripts/setup --with-orthanc installs it)")
+        conf["Plugins"] = [ORTHANC_DICOMWEB]
+        conf["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     (work / "orthanc.json").write_text(json.dumps(conf))
     proc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], env={**os.environ, "TCP_NODELAY": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
-    return Server("orthanc", proc, port, "ORTHANC", storage)
+    wait_port(http)
+    return Server("orthanc", proc, port, "ORTHANC", storage, http)

@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.support.proc import DICOMNODE, ROOT, cli, need, run
 
 READY = re.compile(r"dicomnode listening on (\S+):(\d+) as (\S+)")
-WEB_READY = re.compile(r"dicomnode web on https?://\S+:(\d+)/dicom-web")
+WEB_READY = re.compile(r"dicomnode web on (https?)://\S+:(\d+)/dicom-web")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Node:
     log_path: Path | None = None
     web: bool = False  # the HTTP side too (a free port), else --no-web
     http_port: int = 0
+    http_scheme: str = "http"
 
     def start(self, timeout: float = 30) -> Node:
         self.log_path = self.storage.parent / f"{self.storage.name}-node.log"
@@ -50,7 +51,7 @@ class Node:
                     return self
             w = WEB_READY.search(line)
             if w:
-                self.http_port = int(w.group(1))
+                self.http_scheme, self.http_port = w.group(1), int(w.group(2))
                 return self
         self.stop()
         raise AssertionError(f"node did not start:\n{self.log()}")
@@ -79,7 +80,7 @@ class Node:
 
     @property
     def dicomweb(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+        return f"{self.http_scheme}://127.0.0.1:{self.http_port}/dicom-web"
 
     @property
     def peer(self) -> str:

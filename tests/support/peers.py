@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support.net import free_port, wait_port
 from tests.support.proc import need, run
 
@@ -32,8 +34,11 @@ class Peer:
                 self.proc.wait()
 
 
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None,
-                  port: int | None = None) -> Peer:
+                  port: int | None = None, dicomweb: bool = False) -> Peer:
     """Orthanc with a generated configuration; `modalities` registers peers (name -> [AET, host, port])."""
     need("Orthanc")
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,12 @@ def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict[str, list
             "StorageCompression": False, "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True,
             "DicomModalities": modalities or {}, "StableAge": 1}
+    if dicomweb:  # its DICOMweb plugin at http://127.0.0.1:HTTP/dicom-web/
+        if not Path(ORTHANC_DICOMWEB).exists():
+            pytest.fail("Orthanc's DICOMweb plugin is missing; scripts/setup installs it (apt-get install orthanc-dicomweb)")
+        conf["Plugins"] = [ORTHANC_DICOMWEB]
+        conf["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
+                            "SeriesMetadata": "Full"}
     (folder / "orthanc.json").write_text(json.dumps(conf))
     log = open(folder / "orthanc.log", "w")
     proc = subprocess.Popen(["Orthanc", "--verbose", str(folder / "orthanc.json")], stdout=log, stderr=log)
