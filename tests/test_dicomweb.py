@@ -474,3 +474,38 @@ def test_https_when_configured(make_node, tmp_path: Path) -> None:  # type: igno
     with pytest.raises((http.client.HTTPException, ConnectionError)):
         plain.request("GET", "/dicom-web/studies")
         plain.getresponse()
+
+
+def test_qido_fast_path_writes_what_the_general_one_writes(tmp_path: Path) -> None:
+    """Matches from index rows alone are written straight to DICOM JSON; over every file pydicom ships
+    and at every level, that JSON equals what the general path (a pydicom data set per match, as
+    C-FIND builds it, then to_json) makes of the same rows."""
+    from starlette.requests import Request
+
+    from dicomnode.node.settings import Settings
+    from dicomnode.node.web import dicomjson, qido
+    from dicomnode.storage.archive import open_archive
+    from dicomnode.storage.query.identifier import HeaderReader, build_response, iter_matches, parse_identifier
+    from dicomnode.storage.query.sql import run
+    from tests.support.datagen import pydicom_test_files
+    from tests.support.proc import cli
+
+    cli("import", *map(str, pydicom_test_files()), "--storage", str(tmp_path / "a"), check=False)
+    arc = open_archive(tmp_path / "a", None)
+    base = "http://node/dicom-web"
+    compared = 0
+    for level, query in (("STUDY", b"includefield=all"), ("SERIES", b"includefield=all"),
+                         ("IMAGE", b"includefield=all"), ("STUDY", b"")):
+        scope = {"type": "http", "query_string": query, "path_params": {}, "headers": []}
+        ident = qido._identifier(level, Request(scope))["identifier"]
+        req = parse_identifier(ident, "STUDY", Settings().pn_case_insensitive, hierarchical=False)
+        plan = qido._plan(req)
+        assert plan is not None, level
+        with arc.db.engine.connect() as conn:
+            for row, header in iter_matches(req, run(conn, req.query, arc.db.dialect), HeaderReader(arc.layout.root)):
+                ds = build_response(req, row, header, "DICOMNODE")
+                del ds.QueryRetrieveLevel, ds.RetrieveAETitle
+                ds.RetrieveURL = qido._retrieve_url(base, req.query.level, row, ds)
+                assert qido._row_json(plan, req, row, base) == dicomjson.to_json(ds), (level, row)
+                compared += 1
+    assert compared > 150

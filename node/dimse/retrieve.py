@@ -25,7 +25,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomnode.node.dimse import patches
 from dicomnode.node.dimse.ae import MAX_CONTEXTS, NATIVE, UNCOMPRESSED
-from dicomnode.node.processing.transcode import little_endian
+from dicomnode.node.transcode import little_endian
 
 log = logging.getLogger("dicomnode.retrieve")
 

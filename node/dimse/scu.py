@@ -21,7 +21,7 @@ from dicomnode.errors import AssociationFailed
 from dicomnode.node.dimse.ae import MAX_CONTEXTS, NATIVE, UNCOMPRESSED, VERIFICATION, Timeouts, associate, client_ae
 from dicomnode.node.dimse.status import is_warning
 from dicomnode.node.peers import Peer
-from dicomnode.node.processing.transcode import little_endian
+from dicomnode.node.transcode import little_endian
 
 log = logging.getLogger("dicomnode.scu")
 

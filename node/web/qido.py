@@ -9,8 +9,10 @@ over DIMSE. Each match becomes a DICOM JSON object as the cursor streams.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -23,7 +25,22 @@ from starlette.responses import Response, StreamingResponse
 from dicomnode.errors import QueryError
 from dicomnode.node.web import dicomjson
 from dicomnode.node.web.context import DICOM_JSON, Web, problem
-from dicomnode.storage.query.identifier import HeaderReader, build_response, iter_matches, parse_identifier
+from dicomnode.storage.query.identifier import (
+    AVAILABILITY,
+    CHARSET,
+    QUERY_LEVEL,
+    RETRIEVE_AET,
+    HeaderReader,
+    build_response,
+    element_vr,
+    index_value,
+    iter_matches,
+    parse_identifier,
+    response_charset,
+)
+from dicomnode.storage.query.identifier import (
+    Request as Search,
+)
 from dicomnode.storage.query.sql import run
 
 # PS3.18 Tables 10.6.3-3, -4, -5: what every match carries without being asked
@@ -57,7 +74,13 @@ async def search(request: Request) -> Response:
         return problem(400, str(exc))
     base = web.base_url(request)
     if limit is None:  # the whole answer, streamed from the cursor
-        return StreamingResponse(dicomjson.stream_array(_matches(web, req, None, offset, base)), media_type=DICOM_JSON)
+        chunks = dicomjson.stream_array(_matches(web, req, None, offset, base))
+        # the first two chunks in one hand-over to a thread: a small answer (the usual one) is then
+        # complete and goes out as one plain response, without a thread hop per chunk
+        head = await anyio.to_thread.run_sync(lambda: [c for c in itertools.islice(chunks, 2)])
+        if len(head) < 2:
+            return Response(b"".join(head), media_type=DICOM_JSON)
+        return StreamingResponse(itertools.chain(head, chunks), media_type=DICOM_JSON)
     # a page: one match more than asked for tells whether the answer was cut
     page = await anyio.to_thread.run_sync(lambda: list(_matches(web, req, limit + 1, offset, base)))
     cut = len(page) > limit
@@ -66,8 +89,9 @@ async def search(request: Request) -> Response:
     return Response(b"".join(dicomjson.stream_array(page[:limit])), media_type=DICOM_JSON, headers=headers)
 
 
-def _matches(web: Web, req: Any, limit: int | None, offset: int, base: str) -> Iterator[dict[str, Any]]:
+def _matches(web: Web, req: Search, limit: int | None, offset: int, base: str) -> Iterator[dict[str, Any]]:
     headers = HeaderReader(web.archive.layout.root)
+    plan = _plan(req)
     sent = skipped = 0
     with web.archive.db.engine.connect() as conn:
         for row, header in iter_matches(req, run(conn, req.query, web.archive.db.dialect), headers):
@@ -76,22 +100,108 @@ def _matches(web: Web, req: Any, limit: int | None, offset: int, base: str) -> I
                 continue
             if limit is not None and sent >= limit:
                 return
-            ds = build_response(req, row, header, web.settings.aet)
-            for kw in ("QueryRetrieveLevel", "RetrieveAETitle"):
-                if kw in ds:
-                    delattr(ds, kw)
-            ds.RetrieveURL = _retrieve_url(base, req.query.level, row, ds)
-            yield dicomjson.to_json(ds)
+            if plan is not None:
+                yield _row_json(plan, req, row, base)
+            else:
+                ds = build_response(req, row, header, web.settings.aet)
+                for kw in ("QueryRetrieveLevel", "RetrieveAETitle"):
+                    if kw in ds:
+                        delattr(ds, kw)
+                ds.RetrieveURL = _retrieve_url(base, req.query.level, row, ds)
+                yield dicomjson.to_json(ds)
             sent += 1
 
 
-def _retrieve_url(base: str, level: str, row: dict[str, Any], ds: Dataset) -> str:
-    study = str(ds.get("StudyInstanceUID") or row.get("StudyInstanceUID") or "")
-    url = f"{base}/studies/{study}"
+@dataclass(frozen=True)
+class _Field:
+    tag: str  # 8 hex digits, as DICOM JSON keys them
+    keyword: str
+    vr: str
+    kind: str  # index (a column or a count) | availability | empty
+
+
+def _plan(req: Search) -> list[_Field] | None:
+    """How each match becomes DICOM JSON straight from its row, decided once per search: the same
+    object build_response + to_json would make (a test holds them equal), without a pydicom data
+    set per match. None when matches need their stored headers (header keys, sequences)."""
+    if req.query.needs_header or req.sequences:
+        return None
+    sources = {k.keyword: k.source for k in req.query.keys}
+    fields = []
+    for elem in req.identifier:
+        tag = elem.tag
+        if tag in (CHARSET, QUERY_LEVEL, RETRIEVE_AET) or tag.is_private or tag.element == 0:
+            continue
+        kind = "availability" if tag == AVAILABILITY else \
+            "index" if sources.get(elem.keyword) in ("index", "computed") else "empty"
+        fields.append(_Field(f"{int(tag):08X}", elem.keyword, element_vr(elem), kind))
+    return fields
+
+
+def _row_json(plan: list[_Field], req: Search, row: dict[str, Any], base: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    texts: list[str] = []
+    for f in plan:
+        if f.kind == "availability":
+            out[f.tag] = {"vr": f.vr, "Value": ["ONLINE"]}
+            continue
+        value = index_value(f.keyword, f.vr, row.get(f.keyword)) if f.kind == "index" else None
+        if value is None:
+            out[f.tag] = {"vr": f.vr}
+            continue
+        values = value if isinstance(value, list) else [value]
+        if f.vr in ("PN", "SH", "LO", "ST", "LT", "UT", "UC"):
+            texts.extend(str(v) for v in values)
+        out[f.tag] = _json_value(f.vr, values)
+    charset = response_charset(req.charset, texts)
+    if charset:
+        out["00080005"] = {"vr": "CS", "Value": charset if isinstance(charset, list) else [charset]}
+    out["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, req.query.level, row, None)]}
+    return dict(sorted(out.items()))
+
+
+def _json_value(vr: str, values: list[Any]) -> dict[str, Any]:
+    """PS3.18 F.2.2 for the VRs index columns have, as pydicom's to_json_dict writes them."""
+    try:
+        if vr == "PN":
+            names = []
+            for v in values:
+                groups = str(v).split("=")
+                name = {"Alphabetic": groups[0]}
+                if len(groups) > 1:
+                    name["Ideographic"] = groups[1]
+                if len(groups) > 2:
+                    name["Phonetic"] = groups[2]
+                names.append(name)
+            return {"vr": vr, "Value": names}
+        if vr in ("IS", "US", "SS", "UL", "SL", "UV", "SV"):
+            return {"vr": vr, "Value": [None if v in ("", None) else _integer(v) for v in values]}
+        if vr in ("DS", "FL", "FD"):
+            return {"vr": vr, "Value": [None if v in ("", None) else float(v) for v in values]}
+        return {"vr": vr, "Value": [str(v) for v in values]}
+    except (TypeError, ValueError):  # a value that is not what its VR says: the element, empty
+        return {"vr": vr}
+
+
+def _integer(v: Any) -> int:
+    try:
+        return int(v)
+    except ValueError:
+        f = float(v)
+        if not f.is_integer():
+            raise
+        return int(f)
+
+
+def _retrieve_url(base: str, level: str, row: dict[str, Any], ds: Dataset | None) -> str:
+    def uid(kw: str) -> str:
+        return str((ds.get(kw) if ds is not None else None) or row.get(kw) or "")
+
+    url = f"{base}/studies/{uid('StudyInstanceUID')}"
     if level in ("SERIES", "IMAGE"):
-        url += f"/series/{ds.get('SeriesInstanceUID') or row.get('SeriesInstanceUID')}"
+        url += f"/series/{uid('SeriesInstanceUID')}"
     if level == "IMAGE":
-        url += f"/instances/{ds.get('SOPInstanceUID') or row.get('SOPInstanceUID')}"
+        url += f"/instances/{uid('SOPInstanceUID')}"
     return url
 
 

@@ -3,8 +3,10 @@
 Each part of the multipart/related body streams into a temp file in the
 archive (hashed as it is written), then goes through the ingest path: the
 same checks, duplicate policy, fsync, rename, index commit and on-arrival
-jobs; only then is it listed as stored. Memory holds one chunk of the body,
-whatever a part's size. The answer lists what was stored (ReferencedSOPSequence
+jobs; only then is it listed as stored. Finished parts are ingested side by
+side while the rest of the body arrives (their fsyncs overlap and share the
+archive's group commits). Memory holds one chunk of the body, whatever a
+part's size. The answer lists what was stored (ReferencedSOPSequence
 with RetrieveURLs) and what failed, with the DICOM status as FailureReason:
 200 when everything was stored, 202 when some parts failed, 409 when none
 was stored.
@@ -16,6 +18,7 @@ import json
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from starlette.requests import Request
@@ -28,6 +31,7 @@ from dicomnode.node.web.negotiation import parse_accept
 from dicomnode.storage.archive.ingest import CANNOT_UNDERSTAND, Outcome
 
 PROCESSING_FAILURE = 0x0110
+IN_FLIGHT = 4  # parts of one request being ingested at once
 
 
 async def store(request: Request) -> Response:
@@ -42,46 +46,64 @@ async def store(request: Request) -> Response:
         return problem(413, f"the request is larger than max_stow_mb ({web.settings.max_stow_mb} MB)")
     study = request.path_params.get("study")
     peer = f"http:{request.client.host if request.client else '?'}"
-    results: list[tuple[Part, Outcome]] = []
+    results: list[tuple[Part, Outcome] | None] = []
 
     def open_part(headers: dict[str, str]) -> Any:
         kind = parse_accept(headers.get("content-type", "application/dicom"))[0].media_type
         return web.ingester.new_sink() if kind == "application/dicom" else None
 
     reader = Reader(boundary, open_part)
+    # Finished parts are ingested side by side (up to IN_FLIGHT) while the body is still being
+    # read, so their fsyncs overlap and share group commits; a full pipeline stops the reading.
+    room = anyio.Semaphore(IN_FLIGHT)
 
-    async def ingest_done() -> None:
+    async def ingest(slot: int, part: Part) -> None:
+        try:
+            out = await anyio.to_thread.run_sync(lambda: web.ingester.ingest(part.sink, study=study, peer=peer))
+            results[slot] = (part, out)
+        finally:
+            room.release()
+
+    async def start_done(tg: TaskGroup) -> None:
         while reader.done:
             part = reader.done.pop(0)
-            if part.sink is None:
-                results.append((part, Outcome(CANNOT_UNDERSTAND, "not an application/dicom part", action="failed")))
-                continue
-            out = await anyio.to_thread.run_sync(lambda: web.ingester.ingest(part.sink, study=study, peer=peer))
-            results.append((part, out))
+            results.append((part, Outcome(CANNOT_UNDERSTAND, "not an application/dicom part", action="failed"))
+                           if part.sink is None else None)
+            if part.sink is not None:
+                await room.acquire()
+                tg.start_soon(ingest, len(results) - 1, part)
 
+    refusal: Response | str | None = None
     received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if limit and received > limit:
-                _discard(reader)
-                return problem(413, f"the request is larger than max_stow_mb ({web.settings.max_stow_mb} MB)")
-            await anyio.to_thread.run_sync(reader.feed, chunk)
-            await ingest_done()
-        await anyio.to_thread.run_sync(reader.finish)
-        await ingest_done()
-    except Exception as exc:  # python-multipart's parse errors, a connection cut off
+    async with anyio.create_task_group() as tg:  # left only when every started ingest has ended
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if limit and received > limit:
+                    refusal = problem(413, f"the request is larger than max_stow_mb ({web.settings.max_stow_mb} MB)")
+                    break
+                await anyio.to_thread.run_sync(reader.feed, chunk)
+                await start_done(tg)
+            else:
+                await anyio.to_thread.run_sync(reader.finish)
+                await start_done(tg)
+        except Exception as exc:  # python-multipart's parse errors, a connection cut off
+            refusal = f"malformed multipart body ({type(exc).__name__})"
+    done = [r for r in results if r is not None]
+    stored = sum(1 for _p, o in done if o.ok)
+    if isinstance(refusal, Response):
         _discard(reader)
-        stored = sum(1 for _p, o in results if o.ok)
-        return problem(400, f"malformed multipart body ({type(exc).__name__}); {stored} part(s) before it stored")
+        return refusal
+    if refusal is not None:
+        _discard(reader)
+        return problem(400, f"{refusal}; {stored} part(s) before it stored")
     if not reader.complete:
         _discard(reader)
-        stored = sum(1 for _p, o in results if o.ok)
         return problem(400, f"the multipart body does not end with its closing boundary; {stored} part(s) "
                        "before the cut stored")
-    if not results:
+    if not done:
         return problem(400, "no parts in the multipart body")
-    return _answer(web.base_url(request), study, results)
+    return _answer(web.base_url(request), study, done)
 
 
 def _discard(reader: Reader) -> None:

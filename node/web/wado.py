@@ -112,7 +112,7 @@ def _object_bytes(path: Path, stored: str, wanted: str) -> Iterator[bytes]:
         if UID(stored).is_compressed:
             ds.decompress(generate_instance_uid=False)
         elif UID(stored) == ExplicitVRBigEndian:
-            from dicomnode.node.processing.transcode import little_endian
+            from dicomnode.node.transcode import little_endian
 
             ds = little_endian(ds)
         ds.file_meta.TransferSyntaxUID = UID(wanted)

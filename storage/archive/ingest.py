@@ -4,7 +4,8 @@ Order of events, each step durable before the next:
   1. bytes streamed into a HashingSink in <root>/tmp (hash computed on the way)
   2. header parsed and identifiers validated (never the pixel data)
   3. sink fsynced, renamed to its hashed path, folder fsynced
-  4. index rows committed
+  4. index rows committed (3's rename and folder fsync and 4 are shared by the
+     stores that arrive together: commit.py, group commit)
   5. only now the caller answers Success; a replaced file is removed last
 A failure at any step removes what that step left and yields a DICOM status
 with an error comment, so nothing half-done stays visible.
@@ -24,9 +25,9 @@ from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.storage.archive import durable
+from dicomnode.storage.archive.commit import Committer, Unit
 from dicomnode.storage.archive.durable import HashingSink
 from dicomnode.storage.archive.header import (
     Header,
@@ -38,7 +39,7 @@ from dicomnode.storage.archive.header import (
     uid_problem,
 )
 from dicomnode.storage.archive.layout import Layout
-from dicomnode.storage.index.rows import FileFacts, Index, PutResult
+from dicomnode.storage.index.rows import FileFacts, Index, Put, PutResult
 
 log = logging.getLogger("dicomnode.ingest")
 
@@ -83,6 +84,7 @@ class Ingester:
         self.plan = plan
         self.duplicates = DuplicatePolicy(duplicates)
         self.min_free_bytes = min_free_bytes
+        self.committer = Committer(index)
 
     def new_sink(self) -> HashingSink:
         return HashingSink(self.layout.tmp)
@@ -143,23 +145,22 @@ class Ingester:
         # common path); a duplicate's file, placed a moment early, is removed then.
         final = self.layout.object_path(values["STUDY"]["StudyInstanceUID"],
                                         values["SERIES"]["SeriesInstanceUID"], sop_uid, sink.sha256)
-        was_there = final.exists()  # identical content of an archived instance: the very same name
-        try:
-            durable.place(sink.path, final)
-        except OSError as exc:
-            return _resource_failure(exc)
         facts = FileFacts(self.layout.relative(final), sink.size, sink.sha256, calling_aet, peer)
         actions = self.plan(calling_aet, values["SERIES"].get("Modality"), values["IMAGE"]["SOPClassUID"]) \
             if self.plan else []
-        try:
-            result, other = self.index.put_instance(values, facts, self.duplicates is DuplicatePolicy.OVERWRITE,
-                                                    actions)
-        except SQLAlchemyError as exc:
-            if not was_there:
+        unit = self.committer.commit(Unit(sink.path, final, Put(values, facts,
+                                                                self.duplicates is DuplicatePolicy.OVERWRITE,
+                                                                actions)))
+        if unit.placed:
+            sink.kept()  # the temp file is the final one now
+        if unit.result is None:
+            if unit.placed and not unit.was_there:
                 durable.remove(final)
-            sink.kept()
-            return Outcome(PROCESSING_FAILURE, f"index unavailable: {type(exc).__name__}", sop_uid, action="failed")
-        sink.kept()
+            if isinstance(unit.error, OSError):
+                return _resource_failure(unit.error)
+            return Outcome(PROCESSING_FAILURE, f"index unavailable: {type(unit.error).__name__}", sop_uid,
+                           action="failed")
+        result, other = unit.result
         if result is PutResult.EXISTS:
             if other != facts.path:  # identical content lands on the kept file's own name
                 durable.remove(final)

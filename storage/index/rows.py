@@ -1,20 +1,22 @@
 """Reading and writing index rows: the patient/study/series/instance hierarchy.
 
-Writes run in one short transaction per stored object. Concurrent first
-arrivals of the same study race on its unique key; the loser retries and
-finds the winner's row (on SQLite, BEGIN IMMEDIATE already serialises them).
+Writes run in short transactions: one per stored object, or one for the
+objects that arrived together (put_many, the archive's group commit), each
+object in a savepoint of its own. Concurrent first arrivals of the same study
+race on its unique key; the loser retries and finds the winner's row (on
+SQLite, BEGIN IMMEDIATE already serialises them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicomnode.storage.index.db import Database
@@ -31,6 +33,16 @@ class FileFacts:
     sha256: str
     calling_aet: str | None = None
     peer_address: str | None = None
+
+
+@dataclass
+class Put:
+    """One object's rows to write: its index values and file, the duplicate rule, its jobs."""
+
+    values: dict[str, dict[str, Any]]
+    facts: FileFacts
+    overwrite: bool = False
+    actions: list[str] = field(default_factory=list)
 
 
 class PutResult(Enum):
@@ -56,16 +68,46 @@ class Index:
         this commit, so a crash in between leaves an orphan, never a row
         without its file.
         """
+        got = self.put_many([Put(values, facts, overwrite, actions or [])])[0]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def put_many(self, puts: list[Put]) -> list[tuple[PutResult, str | None] | Exception]:
+        """Several objects' rows in one transaction (one commit, one fsync): what put_instance
+        does for each, in order, as if one after the other.
+
+        Each object's statements run in a savepoint of their own, so one that
+        fails (a value the database refuses) fails alone; its exception takes
+        its place in the list. A failed commit raises for all of them.
+        """
         for attempt in range(WRITE_RETRIES):
             try:
                 with self.db.writing_connection() as conn:
-                    result = self._put(conn, values, facts, overwrite)
-                    if result[0] is not PutResult.EXISTS:
-                        enqueue(conn, values["IMAGE"]["SOPInstanceUID"], actions or [], now())
-                    return result
-            except IntegrityError:
+                    return [self._put_saved(conn, p) for p in puts]
+            except IntegrityError:  # raised by the commit itself (a deferred check): all again
                 if attempt == WRITE_RETRIES - 1:
                     raise
+        raise AssertionError("unreachable")
+
+    def _put_saved(self, conn: Connection, p: Put) -> tuple[PutResult, str | None] | Exception:
+        for attempt in range(WRITE_RETRIES):
+            saved = conn.begin_nested()
+            try:
+                result = self._put(conn, p.values, p.facts, p.overwrite)
+                if result[0] is not PutResult.EXISTS:
+                    enqueue(conn, p.values["IMAGE"]["SOPInstanceUID"], p.actions, now())
+                saved.commit()
+                return result
+            except IntegrityError as exc:
+                # another node inserted the same study/series first (PostgreSQL, several nodes):
+                # its row is committed, so the next attempt finds it
+                saved.rollback()
+                if attempt == WRITE_RETRIES - 1:
+                    return exc
+            except SQLAlchemyError as exc:
+                saved.rollback()
+                return exc
         raise AssertionError("unreachable")
 
     def _put(self, conn: Connection, values: dict[str, dict[str, Any]], facts: FileFacts,

@@ -63,7 +63,7 @@ def parse_identifier(ds: Dataset, model: str, fold_pn: bool = True, hierarchical
         for elem in ds:
             if elem.tag in SPECIAL or elem.tag.is_private or elem.tag.element == 0 or not elem.keyword:
                 continue
-            vr = _vr(elem)
+            vr = element_vr(elem)
             if vr == "SQ":
                 items = list(elem.value or [])
                 sequences[elem.keyword] = items[0] if items else None
@@ -78,7 +78,7 @@ def parse_identifier(ds: Dataset, model: str, fold_pn: bool = True, hierarchical
     return Request(query, ds, keys, charset, sequences)
 
 
-def _vr(elem: DataElement) -> str:
+def element_vr(elem: DataElement) -> str:
     """The element's VR, from the dictionary when the wire did not say (UN, implicit ambiguity)."""
     if elem.VR not in ("UN", "OB or OW", "US or SS", "US or OW", "US or SS or OW"):
         return elem.VR
@@ -167,7 +167,7 @@ def _sequence_matches(request_item: Dataset, stored: Any) -> bool:
             if elem.value and len(elem.value[0]):
                 nested.append((elem.keyword, elem.value[0]))
             continue
-        cond = parse(elem.keyword, _vr(elem), _text(elem.value))
+        cond = parse(elem.keyword, element_vr(elem), _text(elem.value))
         if cond is not None:
             conds.append(cond)
     if not conds and not nested:
@@ -201,13 +201,13 @@ def build_response(req: Request, row: dict[str, Any], header: Dataset | None, ae
             rsp.InstanceAvailability = "ONLINE"
             continue
         kw = elem.keyword
-        vr = _vr(elem)
+        vr = element_vr(elem)
         source = sources.get(kw, "header")
         if vr == "SQ":
             rsp[tag] = _sequence_response(header, kw, req.sequences.get(kw))
             continue
         if source in ("index", "computed"):
-            value = _index_value(kw, vr, row.get(kw))
+            value = index_value(kw, vr, row.get(kw))
             new = DataElement(tag, vr, value)
         elif source == "header" and header is not None and tag in header:
             new = _decoded(header[tag])
@@ -225,7 +225,7 @@ def build_response(req: Request, row: dict[str, Any], header: Dataset | None, ae
     return rsp
 
 
-def _index_value(keyword: str, vr: str, value: Any) -> Any:
+def index_value(keyword: str, vr: str, value: Any) -> Any:
     if value is None or value == "":
         return None
     if keyword in AGGREGATES:
@@ -271,7 +271,7 @@ def _sequence_response(header: Dataset | None, keyword: str, request_item: Datas
             if sub.tag in item:
                 out[sub.tag] = _decoded(item[sub.tag])
             else:
-                out[sub.tag] = DataElement(sub.tag, _vr(sub), None if _vr(sub) != "SQ" else Sequence([]))
+                out[sub.tag] = DataElement(sub.tag, element_vr(sub), None if element_vr(sub) != "SQ" else Sequence([]))
         items.append(out)
     return DataElement(tag, "SQ", Sequence(items))
 

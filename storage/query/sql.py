@@ -44,6 +44,8 @@ DATE_TIME_PAIRS = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"), ("C
 
 PAT, STU, SER, INS = (table(LEVELS[lv]) for lv in QR_LEVELS)
 TABLES = dict(zip(QR_LEVELS, (PAT, STU, SER, INS)))
+# the tables again, for subqueries over the hierarchy (made once: an alias of a wide table is costly)
+_SER, _INS, _STU = SER.alias("sub_series"), INS.alias("sub_instances"), STU.alias("sub_studies")
 _PARENT_FK = {"STUDY": ("patient_pk", "PATIENT"), "SERIES": ("study_pk", "STUDY"), "IMAGE": ("series_pk", "SERIES")}
 
 
@@ -310,29 +312,31 @@ def _aggregate(col: Any, dialect: str) -> Any:
 
 
 def _computed(keyword: str, dialect: str) -> Any:
-    ser_in_study = SER.c.study_pk == STU.c.id
+    """A count or list over the hierarchy as a subquery correlated with the outer query's patient,
+    study or series row. Its own tables are aliases: at the series or image level the outer query
+    joins SER and INS too, and correlating those would leave the subquery with nothing to count."""
+    ser, ins, stu = _SER, _INS, _STU
+    ser_in_study = ser.c.study_pk == STU.c.id
+    ins_of_ser = ins.join(ser, ins.c.series_pk == ser.c.id)
     if keyword == "NumberOfSeriesRelatedInstances":
-        return select(func.count(INS.c.id)).where(INS.c.series_pk == SER.c.id).scalar_subquery()
+        return select(func.count(ins.c.id)).where(ins.c.series_pk == SER.c.id).correlate(SER).scalar_subquery()
     if keyword == "NumberOfStudyRelatedSeries":
-        return select(func.count(SER.c.id)).where(ser_in_study).correlate(STU).scalar_subquery()
+        return select(func.count(ser.c.id)).where(ser_in_study).correlate(STU).scalar_subquery()
     if keyword == "NumberOfStudyRelatedInstances":
-        return (select(func.count(INS.c.id)).select_from(INS.join(SER, INS.c.series_pk == SER.c.id))
-                .where(ser_in_study).correlate(STU).scalar_subquery())
+        return select(func.count(ins.c.id)).select_from(ins_of_ser).where(ser_in_study).correlate(STU).scalar_subquery()
     if keyword == "ModalitiesInStudy":
-        return select(_aggregate(SER.c.Modality, dialect)).where(ser_in_study).correlate(STU).scalar_subquery()
+        return select(_aggregate(ser.c.Modality, dialect)).where(ser_in_study).correlate(STU).scalar_subquery()
     if keyword == "SOPClassesInStudy":
-        return (select(_aggregate(INS.c.SOPClassUID, dialect))
-                .select_from(INS.join(SER, INS.c.series_pk == SER.c.id))
+        return (select(_aggregate(ins.c.SOPClassUID, dialect)).select_from(ins_of_ser)
                 .where(ser_in_study).correlate(STU).scalar_subquery())
     if keyword == "NumberOfPatientRelatedStudies":
-        return select(func.count(STU.c.id)).where(STU.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery()
+        return select(func.count(stu.c.id)).where(stu.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery()
     if keyword == "NumberOfPatientRelatedSeries":
-        return (select(func.count(SER.c.id)).select_from(SER.join(STU, SER.c.study_pk == STU.c.id))
-                .where(STU.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery())
+        return (select(func.count(ser.c.id)).select_from(ser.join(stu, ser.c.study_pk == stu.c.id))
+                .where(stu.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery())
     if keyword == "NumberOfPatientRelatedInstances":
-        return (select(func.count(INS.c.id))
-                .select_from(INS.join(SER, INS.c.series_pk == SER.c.id).join(STU, SER.c.study_pk == STU.c.id))
-                .where(STU.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery())
+        return (select(func.count(ins.c.id)).select_from(ins_of_ser.join(stu, ser.c.study_pk == stu.c.id))
+                .where(stu.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery())
     raise KeyError(keyword)
 
 
@@ -340,12 +344,13 @@ def _computed_match(k: Key, dialect: str) -> ColumnElement[bool] | None:
     """ModalitiesInStudy / SOPClassesInStudy match when any series / instance of the study does."""
     cond = k.condition
     assert cond is not None
+    ser, ins = _SER, _INS  # not the outer query's SER/INS (see _computed)
     if k.keyword == "ModalitiesInStudy":
-        return exists(select(SER.c.id).where(SER.c.study_pk == STU.c.id,
-                                             text_match(SER.c.Modality, cond, dialect)).correlate(STU))
+        return exists(select(ser.c.id).where(ser.c.study_pk == STU.c.id,
+                                             text_match(ser.c.Modality, cond, dialect)).correlate(STU))
     if k.keyword == "SOPClassesInStudy":
-        return exists(select(INS.c.id).select_from(INS.join(SER, INS.c.series_pk == SER.c.id))
-                      .where(SER.c.study_pk == STU.c.id, text_match(INS.c.SOPClassUID, cond, dialect))
+        return exists(select(ins.c.id).select_from(ins.join(ser, ins.c.series_pk == ser.c.id))
+                      .where(ser.c.study_pk == STU.c.id, text_match(ins.c.SOPClassUID, cond, dialect))
                       .correlate(STU))
     return None  # matching on counts is not supported: returned, not matched
 
