@@ -7,12 +7,15 @@ import signal
 import threading
 import time
 
+from dicomnode.errors import ArchiveError
 from dicomnode.node import services
 from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
 from dicomnode.node.pipeline.worker import WorkerProcess
 from dicomnode.node.settings import Settings
 from dicomnode.node.web.server import WebProcess
+from dicomnode.storage.archive import Archive
+from dicomnode.storage.recovery import begin_run
 
 log = logging.getLogger("dicomnode")
 QUEUE_LOG_SECONDS = 5.0
@@ -21,6 +24,21 @@ QUEUE_LOG_SECONDS = 5.0
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
     arc = services.archive(settings, create=True)
+    try:
+        marker, recovered = begin_run(arc.layout, arc.index, settings.actions_for)
+    except RuntimeError as exc:
+        raise ArchiveError(str(exc)) from None
+    if recovered.crashed:
+        log.warning("the node did not stop cleanly last time: %s", recovered.summary())
+    for what in recovered.unrepairable:
+        log.warning("left by the crash and not indexed: %s", what)
+    try:
+        return _serve(settings, arc)
+    finally:
+        marker.release()  # also after a failed start: nothing of this run is left to recover
+
+
+def _serve(settings: Settings, arc: Archive) -> int:
     queue = arc.jobs
     requeued = queue.requeue_running()
     if requeued:

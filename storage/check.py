@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicomnode.storage.archive import durable
 from dicomnode.storage.archive.header import HeaderError, index_values, read_header
-from dicomnode.storage.archive.ingest import identity_problem
+from dicomnode.storage.archive.ingest import Plan, identity_problem
 from dicomnode.storage.archive.layout import Layout
 from dicomnode.storage.index.rows import FileFacts, Index, PutResult
 
@@ -69,24 +70,37 @@ def repair(layout: Layout, index: Index, report: CheckReport) -> None:
     report.repaired["rows_dropped"] = index.drop_instances(report.missing)
     adopted = removed = 0
     for rel in report.orphans:
-        path = layout.absolute(rel)
-        try:
-            header = read_header(path)
-        except HeaderError as exc:
-            report.unrepairable.append(f"{rel}: {exc}")
-            continue
-        problem = identity_problem(header)  # the same checks as at ingest
-        if problem is not None:
-            report.unrepairable.append(f"{rel}: {problem.comment}")
-            continue
-        values = index_values(header)
-        facts = FileFacts(rel, path.stat().st_size, file_sha256(path), None, "check --repair")
-        result, other = index.put_instance(values, facts)
-        if result is PutResult.EXISTS:
-            if other != rel:
-                path.unlink()
-                removed += 1
-        else:
+        done = adopt(layout, index, rel, "check --repair")
+        if done == "indexed":
             adopted += 1
+        elif done == "removed":
+            removed += 1
+        else:
+            report.unrepairable.append(f"{rel}: {done}")
     report.repaired["orphans_indexed"] = adopted
     report.repaired["orphans_removed_as_duplicates"] = removed
+
+
+def adopt(layout: Layout, index: Index, rel: str, peer: str, plan: Plan | None = None) -> str:
+    """An orphan (a complete object file the index does not list) indexed, as its lost commit would
+    have done, with the on-arrival jobs `plan` gives it (none without one); or removed when its
+    instance is indexed with another file.
+    Returns "indexed", "removed", or why it can be neither."""
+    path = layout.absolute(rel)
+    try:
+        header = read_header(path)
+    except HeaderError as exc:
+        return str(exc)
+    problem = identity_problem(header)  # the same checks as at ingest
+    if problem is not None:
+        return problem.comment
+    values = index_values(header)
+    facts = FileFacts(rel, path.stat().st_size, file_sha256(path), None, peer)
+    actions = plan(None, values["SERIES"].get("Modality"), values["IMAGE"]["SOPClassUID"]) if plan else []
+    result, other = index.put_instance(values, facts, actions=actions)
+    if result is PutResult.EXISTS:
+        if other == rel:
+            return "indexed"  # indexed meanwhile (another process committed it): nothing to do
+        durable.remove(path)
+        return "removed"
+    return "indexed"

@@ -257,7 +257,7 @@ def clean_stale_temp(tmp_dir: Path) -> int:
     removed = 0
     for p in tmp_dir.glob(f"*{TMP_SUFFIX}"):
         pid_text = p.name.split("-", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
         try:
             p.unlink()
@@ -267,7 +267,7 @@ def clean_stale_temp(tmp_dir: Path) -> int:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

@@ -189,6 +189,11 @@ class Index:
                 select(DER.c.kind, DER.c.source_uid, DER.c.created_at).where(DER.c.uid == uid))]
         return {"derived": made, "derived_from": src}
 
+    def known_paths(self, paths: list[str]) -> set[str]:
+        """Which of these archive-relative object paths the index lists."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(INS.c.path).where(INS.c.path.in_(paths))))
+
     def instance_path(self, sop_instance_uid: str) -> str | None:
         """The archive-relative path of an instance (one indexed lookup, for the workers)."""
         with self.engine.connect() as conn:
