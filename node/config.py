@@ -61,8 +61,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
                 out["rules"] = [_rule(path, i, r) for i, r in enumerate(value)]
             elif (section, key) in known:
                 out[known[(section, key)]] = value
-            elif section in {"node", "network", "storage", "security", "query", "logging", "pipeline", "anonymize",
-                             "convert", "web"}:
+            elif section in {f.metadata["section"] for f in fields(Settings)}:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
     return out
 
@@ -91,10 +90,13 @@ def _remote(path: Path, name: str, t: Any) -> Remote:
             return Remote(name, str(t.get("aet", name))[:16], "", 0, _strings(t.get("services", ("store", "find"))),
                           url)
         services = _strings(t.get("services", SERVICES))
-        return Remote(name, str(t["aet"]), str(t["host"]), int(t["port"]), services)
+        if not isinstance(t.get("tls", False), bool):
+            raise ValueError
+        return Remote(name, str(t["aet"]), str(t["host"]), int(t["port"]), services, tls=t.get("tls", False),
+                      certificate=str(t.get("certificate", "")))
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise ConfigError(f"{path}: [remotes.{name}] needs aet, host and port (DIMSE) or url (DICOMweb, "
-                          "http(s)://.../dicom-web)") from None
+        raise ConfigError(f"{path}: [remotes.{name}] needs aet, host and port (DIMSE; tls = true|false) or "
+                          "url (DICOMweb, http(s)://.../dicom-web)") from None
 
 
 def _from_env() -> dict[str, Any]:
@@ -146,6 +148,11 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(f"[remotes.{r.name}] services: {name!r} is not one of {', '.join(SERVICES)}")
     if s.max_results < 0:
         raise ConfigError("max_results: 0 (no limit) or more")
+    if s.quota_policy not in ("reject", "recycle"):
+        raise ConfigError(f"quota_policy {s.quota_policy!r}: reject or recycle")
+    for name in ("max_size_gb", "max_studies", "max_patients"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: 0 (no limit) or more")
     for title in s.allowed_calling:
         if not 1 <= len(title) <= 16:
             raise ConfigError(f"allowed_calling: {title!r} is not an AE title")
@@ -177,12 +184,39 @@ def _validate(s: Settings) -> None:
                           "or --web-insecure to do without")
     if bool(s.web_tls_cert) != bool(s.web_tls_key):
         raise ConfigError("[web] tls_cert and tls_key go together")
+    _validate_tls(s)
+    for entry in s.user_services:
+        name, eq, services = entry.partition("=")
+        bad = [x for x in services.split(",") if x.strip() not in SERVICES]
+        if not eq or not name.strip() or bad:
+            raise ConfigError(f"user_services: {entry!r} is not NAME=SERVICE,... ({', '.join(SERVICES)})")
+    for entry in s.dicom_users:
+        if ":" not in entry or not entry.partition(":")[2].startswith("pbkdf2-sha256$"):
+            raise ConfigError(f"[security] users: {entry.partition(':')[0]!r} needs NAME:HASH "
+                              "(dicomnode hash-password NAME)")
     if s.png_bits not in (8, 16):
         raise ConfigError("png_bits: 8 or 16")
 
     unknown = [o for o in s.anonymize_options if o.replace("-", "_") not in OPTIONS]
     if unknown:
         raise ConfigError(f"anonymize_options: unknown {unknown}; known: {', '.join(OPTIONS)}")
+
+
+def _validate_tls(s: Settings) -> None:
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError("[tls] cert and key go together")
+    if s.tls_min_version not in ("1.2", "1.3"):
+        raise ConfigError(f"[tls] min_version {s.tls_min_version!r}: 1.2 or 1.3 (DICOM's BCP 195 profiles)")
+    if not 0 <= s.tls_port <= 65535:
+        raise ConfigError(f"[tls] port {s.tls_port}: not a TCP port")
+    if s.tls_require_client_cert and not s.tls_ca:
+        raise ConfigError("[tls] require_client_cert needs ca: the CA that signs the peers' certificates")
+    if not s.tls_plain and not s.tls_enabled:
+        raise ConfigError("[tls] plain = false turns the only listener off: set [tls] cert and key")
+    for r in s.remotes.values():
+        if r.certificate and not (s.tls_enabled and s.tls_ca):
+            raise ConfigError(f"[remotes.{r.name}] certificate: checking a peer's certificate needs [tls] cert, "
+                              "key and ca")
 
 
 def _loopback(host: str) -> bool:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.errors import ArchiveError
-from dicomnode.node import services
+from dicomnode.node import metrics, services
+from dicomnode.node.dimse import tls
+from dicomnode.node.dimse.commitment import CommitmentSCP
 from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
 from dicomnode.node.pipeline.worker import WorkerProcess
@@ -33,6 +40,7 @@ def serve(settings: Settings) -> int:
     for what in recovered.unrepairable:
         log.warning("left by the crash and not indexed: %s", what)
     try:
+        metrics.begin_run(arc.layout.metrics)  # only now: the marker's lock says no other serve uses it
         return _serve(settings, arc)
     finally:
         marker.release()  # also after a failed start: nothing of this run is left to recover
@@ -44,35 +52,42 @@ def _serve(settings: Settings, arc: Archive) -> int:
     if requeued:
         log.warning("%d job(s) were running when the node last stopped: queued again", requeued)
     workers = WorkerProcess(settings) if settings.workers > 0 else None
-    if workers:
-        workers.start()
     scp = StorageSCP(settings, services.ingester(settings, arc), workers.activity if workers else None)
     qr = QueryRetrieveSCP(settings, arc)
+    commitment = CommitmentSCP(settings, arc)
     ae = scp.build_ae()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
     web = WebProcess(settings) if settings.http_port >= 0 else None
-    try:
-        server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=scp.handlers() + qr.handlers())
+    servers: list[ThreadedAssociationServer] = []
+    try:  # from here on a failure must stop what has started (a live worker keeps us from exiting)
+        if workers:
+            workers.start()
+        servers = _listen(settings, ae, scp.handlers() + qr.handlers() + commitment.handlers())
         if web is not None:
             try:
                 web.start()
             except OSError as exc:
-                server.shutdown()  # type: ignore[union-attr]
                 raise OSError(f"HTTP on {settings.http_host}:{settings.http_port}: {exc}") from None
     except BaseException:
+        for server in servers:
+            server.shutdown()
         if workers:
             workers.stop()
         raise
-    assert server is not None  # block=False returns the running server
-    host, port = server.server_address[:2]
-    qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
-    print(f"dicomnode listening on {host}:{port} as {settings.aet}", flush=True)
+    for server in servers:
+        host, port = server.server_address[:2]
+        secure = server.ssl_context is not None
+        if qr.own_address is None:  # C-MOVE to our own AE title comes back here
+            qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, secure)
+        print(f"dicomnode listening {'with TLS ' if secure else ''}on {host}:{port} as {settings.aet}", flush=True)
+        metrics.listening("dicom-tls" if secure else "dicom", host, port)
     if web is not None:
         scheme = "https" if settings.web_tls_cert else "http"
         print(f"dicomnode web on {scheme}://{_url_host(settings.http_host)}:{web.port}/dicom-web", flush=True)
+        metrics.listening(scheme, settings.http_host, web.port)
     log.info("archive %s, index %s, duplicates: %s", arc.layout.root,
              settings.db_url or "sqlite (in archive)", settings.duplicate_policy)
     last_depth: dict[str, int] = {}
@@ -85,7 +100,8 @@ def _serve(settings: Settings, arc: Archive) -> int:
 
     log.info("stopping: no new associations; waiting up to %.0f s for %d open",
              settings.shutdown_grace, len(ae.active_associations))
-    server.shutdown()
+    for server in servers:
+        server.shutdown()
     deadline = time.monotonic() + settings.shutdown_grace
     while ae.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -98,6 +114,29 @@ def _serve(settings: Settings, arc: Archive) -> int:
         workers.stop()
     log.info("stopped")
     return 0
+
+
+def _listen(settings: Settings, ae: AE, handlers: list[Any]) -> list[ThreadedAssociationServer]:
+    """The plain listener (unless [tls] plain = false) and the TLS one (when [tls] cert is set)."""
+    addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
+    if settings.tls_plain:
+        addresses.append(((settings.host, settings.port), None))
+    if settings.tls_enabled:
+        addresses.append(((settings.host, settings.tls_port), tls.server_context(settings)))
+    servers: list[ThreadedAssociationServer] = []
+    try:
+        for address, context in addresses:
+            try:
+                server = ae.start_server(address, block=False, ssl_context=context, evt_handlers=handlers)
+            except OSError as exc:
+                raise OSError(f"{'TLS ' if context else ''}port {address[1]}: {exc}") from None
+            assert server is not None  # block=False returns the running server
+            servers.append(server)
+    except BaseException:
+        for server in servers:
+            server.shutdown()
+        raise
+    return servers
 
 
 def _url_host(host: str) -> str:

@@ -1,6 +1,6 @@
 """What the front ends share, so that the CLI, the DIMSE handlers, the pipeline and the web
 API to come do the same thing the same way: open the archive the settings name, make its
-ingester, find the files behind a UID, delete.
+ingester (with the settings' quotas), find the files behind a UID, delete, protect from recycling.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomnode.node.settings import Settings
-from dicomnode.storage.archive import Archive, durable, open_archive
+from dicomnode.storage.archive import Archive, open_archive, removal
 from dicomnode.storage.archive.ingest import DuplicatePolicy, Ingester, Plan
+from dicomnode.storage.archive.layout import Layout
+from dicomnode.storage.archive.quota import Limits, QuotaPolicy
+from dicomnode.storage.archive.removal import Deleted
+from dicomnode.storage.audit import AuditLog
 from dicomnode.storage.query.listing import find_any, list_level
 from dicomnode.storage.query.sql import UNIQUE_KEYS
 
@@ -25,7 +29,14 @@ def ingester(settings: Settings, arc: Archive, plan: Plan | None = None) -> Inge
     """The archive's ingest path with the settings' policies; on-arrival jobs by the settings' rules
     unless another plan is given."""
     return Ingester(arc.layout, arc.index, DuplicatePolicy(settings.duplicate_policy),
-                    settings.min_free_mb * 1024 * 1024, plan=plan or settings.actions_for)
+                    settings.min_free_mb * 1024 * 1024, plan=plan or settings.actions_for, limits=limits(settings),
+                    audit=arc.audit)
+
+
+def limits(settings: Settings) -> Limits:
+    """The storage quotas the settings set (storage/archive/quota.py)."""
+    return Limits(settings.max_size_gb, settings.max_studies, settings.max_patients,
+                  QuotaPolicy(settings.quota_policy))
 
 
 def instance_files(arc: Archive, uid: str) -> list[Path] | None:
@@ -65,25 +76,23 @@ def collect_files(paths: list[Path]) -> Inputs:
     return found
 
 
-@dataclass
-class Deleted:
-    instances: int
-    files_removed: int
+def delete(arc: Archive, uid: str, by: str = "operator") -> Deleted | None:
+    """Remove a study, series or instance: index rows first, then its files and their reports
+    (storage/archive/removal.py, shared with recycling). None when the UID is not archived."""
+    gone = removal.delete(arc.layout, arc.index, uid)
+    if gone is not None:
+        arc.audit.record("delete", uid=uid, by=by, instances=gone.instances, bytes=gone.bytes)
+    return gone
 
 
-def delete(arc: Archive, uid: str) -> Deleted | None:
-    """Remove a study, series or instance: index rows first, then its files and their reports.
+def protect(arc: Archive, uid: str, protected: bool = True) -> str | None:
+    """Keep a study from recycling (or no longer): a study UID, or a series or instance UID naming its
+    study. Its Study Instance UID; None when the UID is not archived."""
+    return arc.index.protect(uid, protected)
 
-    In that order a crash in between leaves orphan files (which `check
-    --repair` removes or indexes), never a row without its file. None when
-    the UID is not archived.
-    """
-    paths = arc.index.delete(uid)
-    if not paths:
-        return None
-    removed = 0
-    for rel in paths:
-        dcm = arc.layout.absolute(rel)
-        removed += durable.remove(dcm)
-        durable.remove(arc.layout.report_path(dcm))
-    return Deleted(len(paths), removed)
+
+def audit_log(settings: Settings) -> AuditLog | None:
+    """The audit trail of the settings' archive, for commands that may run without opening it; None
+    where there is no archive (recording must not make one)."""
+    layout = Layout(settings.storage_path.resolve())
+    return AuditLog(layout.audit) if layout.objects.is_dir() else None

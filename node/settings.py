@@ -36,6 +36,9 @@ class Remote:
     port: int
     services: tuple[str, ...] = SERVICES
     url: str = ""  # a DICOMweb endpoint (find: QIDO-RS, send: STOW-RS) instead of a DIMSE peer
+    tls: bool = False  # reach it over DICOM TLS ([tls] ca checks its certificate; cert/key are ours)
+    # the name (certificate CN or subjectAltName) a peer calling with this AE title must present over TLS
+    certificate: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,23 @@ class Settings:
     db: str = _setting("storage", "", "SQLAlchemy URL of the index; empty = SQLite in the archive folder")
     duplicate_policy: str = _setting("storage", "keep", "keep | overwrite | reject a SOP Instance UID seen before")
     min_free_mb: int = _setting("storage", 512, "refuse stores (0xA700) when less disk is free")
+    max_size_gb: float = _setting("storage", 0.0, "quota: archive size in GiB, a fraction allowed (0 = none)")
+    max_studies: int = _setting("storage", 0, "quota: studies in the archive (0 = no limit)")
+    max_patients: int = _setting("storage", 0, "quota: patients in the archive (0 = no limit)")
+    quota_policy: str = _setting("storage", "reject", "at a quota: reject (0xA700) | recycle (remove the least "
+                                 "recently received unprotected studies)")
     extra_sop_classes: list[str] = _setting("storage", [], "private storage SOP class UIDs also accepted")
     require_called_aet: bool = _setting("security", True, "reject associations not addressed to our AE title")
     allowed_calling: list[str] = _setting("security", [], "calling AE titles allowed in; empty = anyone")
     open_services: list[str] = _setting("security", list(SERVICES),
                                         "services a calling AE not listed in [remotes] may use")
+    dicom_users: list[str] = _setting("security", [], "DICOM user identity: name:hash entries "
+                                      "(dicomnode hash-password); JWTs are checked with [web] jwt_secret/jwt_jwks",
+                                      key="users")
+    require_user_identity: bool = _setting("security", False, "reject associations without a verified user "
+                                           "identity (user name and passcode, or JWT)")
+    user_services: list[str] = _setting("security", [], "services per user, e.g. \"alice=store,find\"; a user "
+                                        "not listed has its calling AE's rights")
     max_results: int = _setting("query", 0, "C-FIND matches sent at most (0 = all); more end with 0xA700")
     pn_case_insensitive: bool = _setting("query", True, "person names match regardless of case")
     log_level: str = _setting("logging", "INFO", "DEBUG | INFO | WARNING | ERROR")
@@ -106,6 +121,18 @@ class Settings:
     web_tls_cert: str = _setting("web", "", "HTTPS: certificate file (PEM)", key="tls_cert")
     web_tls_key: str = _setting("web", "", "HTTPS: private key file (PEM)", key="tls_key")
     web_insecure: bool = _setting("web", False, "allow listening beyond loopback without auth", key="insecure")
+    tls_cert: str = _setting("tls", "", "DICOM TLS: this node's certificate (PEM, chain allowed); with key, "
+                             "turns on the TLS listener and is presented to TLS remotes", key="cert")
+    tls_key: str = _setting("tls", "", "DICOM TLS: the certificate's private key (PEM)", key="key")
+    tls_ca: str = _setting("tls", "", "DICOM TLS: CA bundle (PEM) trusted for peers' certificates; empty = the "
+                           "system's CAs for remotes, and no client certificates checked", key="ca")
+    tls_require_client_cert: bool = _setting("tls", False, "TLS listener: peers must present a certificate "
+                                             "signed by ca (mutual TLS)", key="require_client_cert")
+    tls_port: int = _setting("tls", 2762, "TLS listener's port (2762: DICOM over TLS; 0 = any free port)",
+                             key="port")
+    tls_plain: bool = _setting("tls", True, "keep the plain listener on [network] port beside the TLS one",
+                               key="plain")
+    tls_min_version: str = _setting("tls", "1.2", "lowest TLS version, both ways: 1.2 | 1.3", key="min_version")
     convert_formats: list[str] = _setting("convert", ["png", "mp4", "txt", "json"],
                                           "outputs of the convert action: png, mp4, gif, txt, json")
     png_bits: int = _setting("convert", 16, "grey PNG depth: 16 or 8")
@@ -122,6 +149,10 @@ class Settings:
         return Path(self.key_file).expanduser() if self.key_file else Layout(self.storage_path).pseudonym_key
 
     @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    @property
     def db_url(self) -> str | None:
         return self.db or None
 
@@ -131,8 +162,21 @@ class Settings:
                 return r
         return None
 
-    def may_use(self, calling_aet: str, service: str) -> bool:
-        """A peer configured in [remotes] may use its listed services; any other, open_services."""
+    def user_rights(self) -> dict[str, tuple[str, ...]]:
+        """user_services as user -> services."""
+        out: dict[str, tuple[str, ...]] = {}
+        for entry in self.user_services:
+            name, _, services = entry.partition("=")
+            out[name.strip()] = tuple(x.strip() for x in services.split(",") if x.strip())
+        return out
+
+    def may_use(self, calling_aet: str, service: str, user: str | None = None) -> bool:
+        """A verified user listed in user_services may use its services; else a peer configured in
+        [remotes] its listed services; any other, open_services."""
+        if user is not None:
+            rights = self.user_rights().get(user)
+            if rights is not None:
+                return service in rights
         remote = self.remote_by_aet(calling_aet.strip())
         return service in (remote.services if remote is not None else self.open_services)
 

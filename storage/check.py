@@ -28,14 +28,16 @@ class CheckReport:
     mismatched: list[str] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)
     unrepairable: list[str] = field(default_factory=list)
+    size_counter: tuple[int, int] | None = None  # (counter, sum of file sizes) when they differ
 
     @property
     def consistent(self) -> bool:
-        return not (self.missing or self.orphans or self.mismatched)
+        return not (self.missing or self.orphans or self.mismatched or self.size_counter)
 
     def as_dict(self) -> dict[str, object]:
         return {"consistent": self.consistent, "checked": self.checked, "missing_files": self.missing,
                 "orphan_files": self.orphans, "hash_mismatches": self.mismatched,
+                "size_counter": list(self.size_counter) if self.size_counter else None,
                 "repaired": self.repaired, "unrepairable": self.unrepairable}
 
 
@@ -62,6 +64,9 @@ def check(layout: Layout, index: Index, verify_hashes: bool = True,
         if progress:
             progress()
     report.orphans = sorted(on_disk)
+    counter, total = index.bytes_counted()  # the size quota's running total (rows.py)
+    if counter != total:
+        report.size_counter = (counter, total)
     return report
 
 
@@ -79,6 +84,9 @@ def repair(layout: Layout, index: Index, report: CheckReport) -> None:
             report.unrepairable.append(f"{rel}: {done}")
     report.repaired["orphans_indexed"] = adopted
     report.repaired["orphans_removed_as_duplicates"] = removed
+    if report.size_counter:
+        index.count_bytes_again()
+        report.repaired["size_counter"] = 1
 
 
 def adopt(layout: Layout, index: Index, rel: str, peer: str, plan: Plan | None = None) -> str:

@@ -83,6 +83,16 @@ class RunMarker:
         durable.fsync_dir(self.path.parent)
         return crashed
 
+    def running_pid(self) -> int | None:
+        """The PID of the serve running on this archive, read without taking the lock (a status
+        query must never make a starting serve fail to get it): the marker's PID if that process
+        lives. A marker a crash left full names a dead process, or, rarely, a reused PID."""
+        try:
+            pid = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(pid) if pid.isdigit() and durable.pid_alive(int(pid)) else None
+
     def release(self) -> None:
         """A clean stop: nothing of this run is left to recover."""
         if self._fd is None:

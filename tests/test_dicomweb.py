@@ -307,7 +307,7 @@ def test_basic_and_bearer_authentication(make_node, tmp_path: Path) -> None:  # 
 
     import jwt
 
-    from dicomnode.node.web.access import hash_password
+    from dicomnode.node.identity import hash_password
     from tests.support.toml import write_toml
 
     conf = write_toml(tmp_path / "basic.toml", {"web": {"auth": "basic", "users": [f"alice:{hash_password('pw')}"]}})

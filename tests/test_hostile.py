@@ -274,3 +274,79 @@ def test_impossible_dates_are_refused(strict: Node, value: str) -> None:
     answers = _find(strict, ident)
     assert [s for s, _r in answers] == [0xA900], value
     assert "is not a DA" in str(answers[0][1].ErrorComment)
+
+
+def test_association_limits_per_calling_ae_title(make_node) -> None:  # type: ignore[no-untyped-def]
+    """max_associations_per_aet counts a request by its calling AE title (which pynetdicom fills in only
+    after acceptance: the limit once compared every request with an empty title and never held)."""
+    node = make_node(env={"DICOMNODE_MAX_ASSOCIATIONS_PER_AET": "2"})
+    held = []
+    try:
+        for _ in range(2):
+            ae = AE(ae_title="GREEDY")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            held.append(ae.associate("127.0.0.1", node.port, ae_title=node.aet))
+            assert held[-1].is_established
+        third = AE(ae_title="GREEDY")
+        third.add_requested_context("1.2.840.10008.1.1")
+        refused = third.associate("127.0.0.1", node.port, ae_title=node.aet)
+        assert refused.is_rejected  # A-ASSOCIATE-RJ with its reason, not an abort
+        assert echo_ok(node.port, calling="OTHER")  # another AE title from the same host is served
+    finally:
+        for a in held:
+            a.release()
+    assert "association from GREEDY@127.0.0.1" in node.log()
+    assert "2 associations of GREEDY already open (max_associations_per_aet)" in node.log()
+
+
+# -- the HTTP side ------------------------------------------------------------------------------
+
+def _http_status(port: int, timeout: float = 10) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/dicom-web/studies")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_half_sent_http_requests_do_not_lock_others_out(make_node) -> None:  # type: ignore[no-untyped-def]
+    """300 connections that send half a request head and then nothing (slowloris) once took every
+    slot of the web side: every other client got 503."""
+    node = make_node(web=True)
+    held = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", node.http_port), source_address=(ATTACKER, 0))
+        s.sendall(b"GET /dicom-web/studies HTTP/1.1\r\nHost: x\r\n")
+        held.append(s)
+    try:
+        t0 = time.monotonic()
+        assert _http_status(node.http_port) in (200, 204)
+        assert time.monotonic() - t0 < 5
+        # beyond 64 per address they are closed at once; the others once their head is overdue (15 s)
+        assert sum(closed_by_peer(s, 1) for s in held[64:]) >= 230
+        assert all(closed_by_peer(s, 25) for s in held[:64])
+    finally:
+        for s in held:
+            s.close()
+    log = node.log()
+    assert "connections from it already open" in log and "no whole request head in 15 s" in log
+
+
+def test_a_stalled_upload_is_cut_off_with_408(make_node) -> None:  # type: ignore[no-untyped-def]
+    node = make_node(web=True, env={"DICOMNODE_NETWORK_TIMEOUT": "3"})
+    s = socket.create_connection(("127.0.0.1", node.http_port))
+    try:
+        s.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; "
+                  b"type=\"application/dicom\"; boundary=b\r\nContent-Length: 100000000\r\n\r\n--b\r\n")
+        s.settimeout(20)
+        answer = s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert closed_by_peer(s, 10)
+    finally:
+        s.close()
+    assert _http_status(node.http_port) in (200, 204)
+    assert "cut off: no body data for 3 s" in node.log() and "Traceback" not in node.log()
+    assert node.cli("check", check=False).returncode == 0

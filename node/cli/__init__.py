@@ -1,10 +1,11 @@
 """`dicomnode`: the operator's command line, one typer app assembled from topic modules.
 
-    archive.py   serve, import, ls, show, stats, delete, check
+    archive.py   serve, import, ls, show, stats, delete, protect, unprotect, check
     jobs.py      jobs, jobs retry
     remote.py    remotes, echo, send, find, move, get
     files.py     analyze, anonymize, convert
     web.py       hash-password
+    status.py    status (running, ready, what the node holds and counted)
     common.py    what they share: options, exit codes, settings and archive loading, output
 
 Each topic module defines plain functions and registers them here; none of
@@ -21,12 +22,12 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.node.cli import archive, files, jobs, remote, web
+from dicomnode.node.cli import archive, audit, files, jobs, remote, status, web
 from dicomnode.node.cli.common import EXIT_FAIL, err, error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dicomnode: a DICOM node that never loses an image.")
-for topic in (archive, remote, files, jobs, web):
+for topic in (archive, remote, files, jobs, web, audit, status):
     topic.register(app)
 
 

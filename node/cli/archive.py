@@ -1,4 +1,5 @@
-"""`dicomnode` commands about the archive itself: serve, import, ls, show, stats, delete, check."""
+"""`dicomnode` commands about the archive itself: serve, import, ls, show, stats, delete, protect,
+unprotect, check."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dicomnode.errors import ArchiveError, QueryError
+from dicomnode.errors import ArchiveError, ConfigError, QueryError
 from dicomnode.node import services
 from dicomnode.node.cli import common as c
 from dicomnode.node.cli.common import AetOpt, ConfigOpt, DbOpt, JsonOpt, StorageOpt, WideOpt
+from dicomnode.storage.archive import Archive
 from dicomnode.storage.query.listing import find_any, list_level
 
 
@@ -19,6 +21,8 @@ def serve(
     config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
     host: Annotated[Optional[str], typer.Option("--host", help="address to listen on")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="TCP port (0 = any free port)")] = None,
+    tls_port: Annotated[Optional[int], typer.Option("--tls-port", help="DICOM TLS port, with [tls] cert and key "
+                                                    "(0 = any free port)")] = None,
     http_port: Annotated[Optional[int], typer.Option("--http-port", help="DICOMweb port (0 = any free port)")] = None,
     http_host: Annotated[Optional[str], typer.Option("--http-host", help="address of the HTTP side")] = None,
     no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP side (DICOMweb, viewer)")] = False,
@@ -29,7 +33,7 @@ def serve(
     from dicomnode.node.logs import setup_logging
     from dicomnode.node.serve import serve as run
 
-    s = c.settings(config, storage=storage, db=db, aet=aet, host=host, port=port,
+    s = c.settings(config, storage=storage, db=db, aet=aet, host=host, port=port, tls_port=tls_port,
                    http_port=-1 if no_web else http_port, http_host=http_host, web_insecure=web_insecure)
     setup_logging(s.log_level)
     try:
@@ -37,8 +41,11 @@ def serve(
     except ArchiveError as exc:  # before listening: the storage, not the network
         c.error(str(exc))
         raise typer.Exit(c.EXIT_FAIL) from None
+    except ConfigError as exc:  # found only when used: [tls] files that are missing or not PEM
+        c.error("config error:", str(exc))
+        raise typer.Exit(c.EXIT_USAGE) from None
     except OSError as exc:
-        c.error(f"cannot listen on {s.host}:{s.port}:", str(exc))
+        c.error(f"cannot listen on {s.host}:", str(exc))
         raise typer.Exit(c.EXIT_FAIL) from None
     raise typer.Exit(code)
 
@@ -67,7 +74,7 @@ LEVEL_NAMES = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "i
 LS_COLUMNS = {
     "PATIENT": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
     "STUDY": ["PatientID", "PatientName", "StudyDate", "StudyDescription", "AccessionNumber",
-              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"],
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID", "protected"],
     "SERIES": ["PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
                "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
     "IMAGE": ["PatientID", "Modality", "InstanceNumber", "SOPClassUID", "TransferSyntaxUID", "Rows", "Columns",
@@ -102,8 +109,13 @@ def ls(level: Annotated[str, typer.Argument(help="patients | studies | series | 
         c.emit_json(rows)
         return
     c.out.print(c.table(f"{len(rows)} {level}", LS_COLUMNS[lv],
-                        (["" if r.get(col) is None else str(r.get(col)) for col in LS_COLUMNS[lv]] for r in rows),
+                        ([_cell(r.get(col)) for col in LS_COLUMNS[lv]] for r in rows),
                         wide))
+
+
+def _cell(value: object) -> str:
+    """A value in a table: nothing for None and False (protected: yes or blank)."""
+    return "yes" if value is True else "" if value is None or value is False else str(value)
 
 
 def show(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instance UID")],
@@ -172,6 +184,38 @@ def delete(uid: Annotated[str, typer.Argument(help="Study, Series or SOP Instanc
         c.out.print(f"deleted {uid}: {done.instances} instance(s), {done.files_removed} file(s) removed")
 
 
+UidsArg = Annotated[list[str], typer.Argument(help="Study UIDs (a Series or SOP Instance UID names its study)")]
+
+
+def protect(uids: UidsArg, config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+            json_out: JsonOpt = False) -> None:
+    """Keep studies from being recycled when a storage quota is reached (quota_policy = recycle)."""
+    _protection(uids, True, c.archive(c.settings(config, storage=storage, db=db)), json_out)
+
+
+def unprotect(uids: UidsArg, config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
+              json_out: JsonOpt = False) -> None:
+    """Let studies be recycled again."""
+    _protection(uids, False, c.archive(c.settings(config, storage=storage, db=db)), json_out)
+
+
+def _protection(uids: list[str], protected: bool, arc: Archive, json_out: bool) -> None:
+    rows = [{"uid": uid, "StudyInstanceUID": services.protect(arc, uid, protected), "protected": protected}
+            for uid in uids]
+    missing = [r["uid"] for r in rows if r["StudyInstanceUID"] is None]
+    if json_out:
+        c.emit_json(rows)
+    else:
+        for r in rows:
+            if r["StudyInstanceUID"] is not None:
+                of = "" if r["StudyInstanceUID"] == r["uid"] else f" (the study of {r['uid']})"
+                c.out.print(f"{'protected' if protected else 'unprotected'} {r['StudyInstanceUID']}{of}",
+                            markup=False, soft_wrap=True)
+    for uid in missing:
+        c.error(f"{uid} is not in the archive")
+    raise typer.Exit(c.EXIT_FAIL if missing else c.EXIT_OK)
+
+
 def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, drop rows without files")] = False,
           quick: Annotated[bool, typer.Option("--quick", help="skip content hash verification")] = False,
           config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
@@ -192,6 +236,8 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
         colour = "green" if report.consistent else "red"
         c.out.print(f"[{colour}]{report.checked} instances checked: {len(report.missing)} missing files, "
                   f"{len(report.orphans)} orphan files, {len(report.mismatched)} hash mismatches[/]")
+        if report.size_counter:
+            c.out.print("  size counter: {:,} bytes, files as indexed: {:,} bytes".format(*report.size_counter))
         for name, items in (("missing", report.missing), ("orphan", report.orphans),
                             ("mismatch", report.mismatched), ("unrepairable", report.unrepairable)):
             for i in items[:50]:
@@ -205,5 +251,5 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command("import")(import_)
-    for command in (ls, show, stats, delete, check):
+    for command in (ls, show, stats, delete, protect, unprotect, check):
         app.command()(command)

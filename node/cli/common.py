@@ -30,6 +30,7 @@ from dicomnode.node import config as cfg
 from dicomnode.node import services
 from dicomnode.node.dimse.ae import Timeouts
 from dicomnode.node.peers import Peer, parse_peer
+from dicomnode.node.peers import remote_peer as configured_peer
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive import Archive
 
@@ -97,7 +98,7 @@ def remote_peer(s: Settings, text: str, service: str | None = None) -> Peer:
         if r.url:
             error(f"remote {text} is a DICOMweb endpoint ({r.url}): this command speaks DIMSE")
             raise typer.Exit(EXIT_USAGE)
-        return Peer(r.aet, r.host, r.port)
+        return configured_peer(r, s)
     try:
         return parse_peer(text)
     except ValueError:

@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from dicomnode.errors import AnonymizeError, DisplayError
+from dicomnode.node import services
 from dicomnode.node.cli import common as c
 from dicomnode.node.cli.common import ConfigOpt, DbOpt, JsonOpt, StorageOpt, TargetsArg
 from dicomnode.storage.archive import durable
@@ -140,6 +141,11 @@ def anonymize(targets: TargetsArg,
                              "comment": c.describe(exc)})
             bar.advance(task)
     risky = sum(1 for r in rows if r.get("burned_in_risk"))
+    trail = services.audit_log(s)
+    if trail is not None:
+        trail.record("anonymize", "failure" if any(r["state"] == "failed" for r in rows) else "success", via="cli",
+                     instances=sum(r["state"] == "success" for r in rows), out=str(out_dir.resolve()),
+                     sops=[r["SOPInstanceUID"] for r in rows if r.get("SOPInstanceUID")][:1000])
     c.summary_exit(rows, "anonymize", "anonymized", json_out, f" into {out_dir}",
                  f"; {risky} may show burned-in text (pixel data is not cleaned)" if risky else "")
 

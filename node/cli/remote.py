@@ -76,12 +76,19 @@ def send(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
          targets: Annotated[list[str], typer.Argument(help="files, folders (recursive), or archive UIDs "
                                                            "(study, series, instance)")],
          config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, aet: AetOpt = None,
+         commit: Annotated[bool, typer.Option("--commit", help="then ask for storage commitment and wait for "
+                                              "the report: exit 1 unless every instance is committed")] = False,
+         commit_timeout: Annotated[float, typer.Option("--commit-timeout", help="seconds to wait for the "
+                                                       "commitment report")] = 60.0,
          json_out: JsonOpt = False) -> None:
     """C-STORE files, or studies/series/instances of the archive, to a remote node."""
     from dicomnode.node.dimse.scu import send as c_send
 
     s = c.settings(config, aet=aet, storage=storage, db=db)
     url = c.web_remote(s, peer, "store")
+    if commit and url:
+        c.error("--commit: storage commitment is a DIMSE service; this remote is a DICOMweb endpoint")
+        raise typer.Exit(c.EXIT_USAGE)
     p: Any = url or c.remote_peer(s, peer, "store")
     inputs = c.resolve_targets(targets, config, storage, db)
     with c.progress() as bar:
@@ -99,12 +106,43 @@ def send(peer: Annotated[str, typer.Argument(help="remote name or AET@host:port"
         {"path": str(i.path), "SOPInstanceUID": i.sop_instance, "state": i.state,
          "status": None if i.status is None else f"0x{i.status:04X}", "comment": i.comment} for i in report.items]
     summary = {k: sum(1 for r in rows if r["state"] == k) for k in ("success", "warning", "failed")}
+    committed = _commit(s, p, report.items, commit_timeout) if commit else None
+    trail = services.audit_log(s)
+    if trail is not None:
+        trail.record("export", "failure" if summary["failed"] else "success", destination=str(p), via="send",
+                     instances=summary["success"] + summary["warning"], failed=summary["failed"],
+                     committed=None if committed is None else committed["committed"],
+                     sops=[r["SOPInstanceUID"] for r in rows if r.get("SOPInstanceUID")][:1000])
     if json_out:
-        c.emit_json({"peer": str(p), "summary": summary, "files": rows})
+        c.emit_json({"peer": str(p), "summary": summary, "files": rows,
+                     **({"commitment": committed} if committed is not None else {})})
     else:
         c.status_table(rows, "send")
         c.out.print(f"{summary['success']} sent, {summary['warning']} with warnings, {summary['failed']} failed")
-    raise typer.Exit(c.EXIT_FAIL if summary["failed"] else c.EXIT_OK)
+        if committed is not None and committed["transaction"]:
+            c.out.print(f"storage commitment {committed['transaction']}: {committed['committed']} committed, "
+                        f"{len(committed['failed'])} failed" + "".join(
+                            f"\n  {uid}: 0x{reason:04X}" for uid, reason in committed["failed"].items()))
+        if committed is not None and committed["error"]:
+            c.error("storage commitment:", committed["error"])
+    uncommitted = committed is not None and (committed["error"] or committed["failed"]
+                                             or committed["committed"] < committed["asked"])
+    raise typer.Exit(c.EXIT_FAIL if summary["failed"] or uncommitted else c.EXIT_OK)
+
+
+def _commit(s: Settings, peer: Any, items: list[Any], wait: float) -> dict[str, Any]:
+    """Storage commitment of what was sent (success or warning), as --json shows it."""
+    from dicomnode.node.dimse.commitment import request
+
+    refs = [(i.sop_class, i.sop_instance) for i in items if i.state in ("success", "warning")]
+    if not refs:
+        return {"transaction": None, "asked": 0, "committed": 0, "failed": {}, "error": "nothing was sent"}
+    try:
+        got = request(peer, refs, s.aet, c.timeouts(s), wait)
+    except AssociationFailed as exc:
+        return {"transaction": None, "asked": len(refs), "committed": 0, "failed": {}, "error": str(exc)}
+    return {"transaction": got.transaction, "asked": len(refs), "committed": len(got.committed),
+            "failed": got.failed, "error": got.error}
 
 
 def _query(s: Settings, keys: list[str] | None, level: str | None, defaults: bool) -> tuple[str, Any]:

@@ -13,8 +13,8 @@ def hash_password(
     name: Annotated[str, typer.Argument(help="the user name")],
     password: Annotated[Optional[str], typer.Option("--password", help="the password (asked for if not given)")] = None,
 ) -> None:
-    """Print NAME:HASH for [web] users (PBKDF2-SHA256, salted); the password itself is stored nowhere."""
-    from dicomnode.node.web.access import hash_password as make
+    """Print NAME:HASH for [web] users and [security] users (PBKDF2-SHA256, salted); the password itself is stored nowhere."""
+    from dicomnode.node.identity import hash_password as make
 
     if ":" in name or not name:
         c.error("a user name without ':'")

@@ -22,6 +22,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 
 from dicomnode.errors import AssociationFailed
+from dicomnode.node.dimse import tls
 from dicomnode.node.peers import Peer
 from dicomnode.node.settings import Settings
 
@@ -35,6 +36,7 @@ QR_MODELS: dict[str, dict[str, str]] = {
     "get": {"PATIENT": "1.2.840.10008.5.1.4.1.2.1.3", "STUDY": "1.2.840.10008.5.1.4.1.2.2.3"},
 }
 VERIFICATION = "1.2.840.10008.1.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
 QR_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
@@ -100,6 +102,7 @@ def server_ae(s: Settings) -> AE:
     ae.dimse_timeout = s.dimse_timeout
     ae.network_timeout = s.network_timeout
     ae.add_supported_context(VERIFICATION)
+    ae.add_supported_context(STORAGE_COMMITMENT)  # Push Model SCP (node/dimse/commitment.py)
     for models in QR_MODELS.values():
         for uid in models.values():
             ae.add_supported_context(uid, QR_SYNTAXES)
@@ -139,6 +142,9 @@ def associate(ae: AE, peer: Peer, evt_handlers_extra: list[Any] | None = None, *
         if getattr(prim, "result", None) in (0x01, 0x02):
             rejection.append(f"{prim.result_str}, {prim.source_str}: {prim.reason_str}")
 
+    context = tls.client_context(peer.tls) if peer.tls else None
+    if context is not None:
+        kwargs["tls_args"] = (context, peer.host)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet,
                              evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_open),
@@ -148,6 +154,9 @@ def associate(ae: AE, peer: Peer, evt_handlers_extra: list[Any] | None = None, *
         raise AssociationFailed("unreachable", f"{peer}: {exc}") from None
     if assoc.is_established:
         return assoc
+    why = tls.failure(context) if context is not None else None
+    if why is not None:
+        raise AssociationFailed("rejected", f"{peer}: TLS: {why}")
     if not connected:
         raise AssociationFailed("unreachable", f"{peer}: cannot connect (refused, or no route within "
                                 f"{ae.network_timeout:.0f} s)")

@@ -5,7 +5,9 @@
   IP address and `max_associations_per_aet` per calling AE title; beyond, it
   is rejected as pynetdicom would (transient, local limit exceeded) with the
   limit in the log. Connections that have sent nothing yet do not count: a
-  burst of idle sockets cannot lock modalities out.
+  burst of idle sockets cannot lock modalities out. A calling AE title that
+  [remotes] ties to a certificate name must come over TLS with a certificate
+  that names it (else rejected: calling AE title not recognised).
 - Waiting connections (EVT_CONN_OPEN): at most `max_pending_per_host` from
   one address may sit before their A-ASSOCIATE-RQ; more are closed at once.
 - Reading a PDU (patches.wrap_socket_recv): a body longer than we announced
@@ -14,6 +16,8 @@
   (the request within `acse_timeout` of its first byte, any other within
   `network_timeout`), so a peer trickling one byte a second is cut off.
   A cut read returns short, which pynetdicom treats as a closed connection.
+- The TLS handshake (patches.handshake_in_thread, tls.accept_handshake) runs in
+  the connection's thread within `acse_timeout`, never in the accept loop.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
-from dicomnode.node.dimse import patches
+from dicomnode.node.dimse import patches, tls
+from dicomnode.node.dimse.users import UserIdentity
 from dicomnode.node.settings import Settings
 
 log = logging.getLogger("dicomnode")
@@ -50,11 +55,12 @@ _limits = Limits()
 
 
 def install(settings: Settings) -> None:
-    """Bound every PDU read of this process by the settings' limits."""
+    """Bound every PDU read of this process by the settings' limits; TLS handshakes out of the accept loop."""
     _limits.max_pdu = settings.max_pdu or MAX_PDU_UNANNOUNCED
     _limits.acse_timeout = settings.acse_timeout
     _limits.network_timeout = settings.network_timeout or None
     patches.wrap_socket_recv(_bounded)
+    patches.handshake_in_thread(lambda sock, address: tls.accept_handshake(sock, address, _limits.acse_timeout))
 
 
 def _bounded(_original: Callable[..., bytearray]) -> Callable[..., bytearray]:
@@ -107,6 +113,22 @@ def _read(sock: AssociationSocket, nr_bytes: int, deadline: float | None) -> byt
     return data
 
 
+def _reject(assoc: Association, why: str, result: int, source: int, diagnostic: int) -> None:
+    """A-ASSOCIATE-RJ from an EVT_REQUESTED handler, as pynetdicom rejects: then wait (kill) until the
+    DUL has sent it and the peer has closed, or the ARTIM timer has run out. Without the wait the
+    association's thread closes the socket at once and the peer sees an abort, not the reason."""
+    assoc.__dict__["_dn_rejected_because"] = why
+    assoc.acse.send_reject(result, source, diagnostic)
+    assoc.kill()
+
+
+def calling_aet(assoc: Association) -> str:
+    """The calling AE title of a request (pynetdicom fills requestor.ae_title only once it has
+    accepted the association, after EVT_REQUESTED)."""
+    request = assoc.requestor.primitive
+    return str(request.calling_ae_title).strip() if request is not None else assoc.requestor.ae_title
+
+
 def _peer(assoc: Association) -> str:
     r = assoc.requestor if assoc.is_acceptor else assoc.acceptor
     return f"{r.ae_title or '?'}@{r.address}:{r.port}"
@@ -117,6 +139,7 @@ class Admission:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.users = UserIdentity(settings)
 
     def _acceptors(self, assoc: Association) -> list[Association]:
         return [a for a in assoc.ae.active_associations if a.is_acceptor and not a.is_rejected
@@ -137,14 +160,36 @@ class Admission:
         """Reject a request beyond the limits (A-ASSOCIATE-RJ transient, local limit exceeded)."""
         assoc, s = event.assoc, self.settings
         asked = [a for a in self._acceptors(assoc) if a.requestor.primitive is not None]
-        host, aet = assoc.requestor.address, assoc.requestor.ae_title
+        host, aet = assoc.requestor.address, calling_aet(assoc)
         why = None
         if len(asked) > s.max_associations:
             why = f"{s.max_associations} associations already open (max_associations)"
         elif sum(a.requestor.address == host for a in asked) > s.max_associations_per_host:
             why = f"{s.max_associations_per_host} associations from {host} already open (max_associations_per_host)"
-        elif sum(a.requestor.ae_title == aet for a in asked) > s.max_associations_per_aet:
+        elif sum(calling_aet(a) == aet for a in asked) > s.max_associations_per_aet:
             why = f"{s.max_associations_per_aet} associations of {aet} already open (max_associations_per_aet)"
         if why is not None:
-            assoc.__dict__["_dn_rejected_because"] = why
-            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            _reject(assoc, why, 0x02, 0x03, 0x02)
+            return
+        why = self._identity_problem(assoc)
+        if why is not None:
+            _reject(assoc, why, 0x01, 0x01, 0x03)  # permanent, service user: calling AE title not recognised
+            return
+        why = self.users.missing(assoc)
+        if why is not None:
+            _reject(assoc, why, 0x01, 0x01, 0x01)  # permanent, service user: no reason given
+
+    def _identity_problem(self, assoc: Association) -> str | None:
+        """Why a peer is not who its calling AE title says, when [remotes] ties that title to a
+        certificate name: it must come over TLS with a certificate that names it."""
+        aet = calling_aet(assoc)
+        remote = self.settings.remote_by_aet(aet)
+        if remote is None or not remote.certificate:
+            return None
+        names = tls.peer_names(assoc.dul.socket.socket if assoc.dul.socket else None)
+        if names is None:
+            return f"{aet} must call over TLS ([remotes.{remote.name}] certificate)"
+        if remote.certificate not in names:
+            shown = ", ".join(sorted(names)) or "no certificate"
+            return f"{aet} presented {shown}, not {remote.certificate} ([remotes.{remote.name}] certificate)"
+        return None

@@ -1,6 +1,6 @@
 """Every place dicomnode reaches into pynetdicom's internals, behind one version check.
 
-pynetdicom's public API has no hook for four things the node needs:
+pynetdicom's public API has no hook for six things the node needs:
   - received data sets written into a sink of ours (the archive's temp folder,
     hashed while written) rather than a NamedTemporaryFile: `receive_into`;
   - C-MOVE/C-GET sub-operations sent from an archived file without loading
@@ -9,14 +9,22 @@ pynetdicom's public API has no hook for four things the node needs:
     before pynetdicom's service loop starts: `wrap_qr_services`;
   - reading a PDU with a size limit and a deadline (pynetdicom buffers any
     declared length and blocks in recv for as long as a peer trickles bytes):
-    `wrap_socket_recv`.
+    `wrap_socket_recv`;
+  - the TLS handshake of an accepted connection done in its own thread
+    (pynetdicom does it in the accept loop, blocking every other client while
+    one stays silent): `handshake_in_thread`;
+  - sending a request (the storage commitment report) on an association the
+    peer opened, from another thread, without the association's own reactor
+    taking the response off the queue: `reactor_paused`.
 Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
 on another minor version rather than misbehave (pyproject.toml pins it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pynetdicom
@@ -24,7 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.service_class import QueryRetrieveServiceClass
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
 
 VERIFIED_WITH = "3.0."
 QR_SERVICE_METHODS = {"find": "_c_find_scp", "move": "_move_scp", "get": "_get_scp"}
@@ -87,3 +95,46 @@ def wrap_socket_recv(wrap: Callable[[Callable[..., bytearray]], Callable[..., by
         return
     AssociationSocket.recv = wrap(AssociationSocket.recv)  # type: ignore[method-assign]
     _applied.add("recv")
+
+
+def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
+    """A TLS listener wraps accepted sockets without handshaking; the connection's thread then calls
+    `handshake(socket, address)` first and drops the connection when it returns False."""
+    check_version()
+    if "tls" in _applied:
+        return
+
+    def get_request(self: AssociationServer) -> tuple[Any, Any]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    original = ThreadedAssociationServer.process_request_thread
+
+    def process_request_thread(self: ThreadedAssociationServer, request: Any, client_address: Any) -> None:
+        if self.ssl_context and not handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        original(self, request, client_address)
+
+    AssociationServer.get_request = get_request  # type: ignore[method-assign]
+    ThreadedAssociationServer.process_request_thread = process_request_thread  # type: ignore[method-assign]
+    _applied.add("tls")
+
+
+@contextmanager
+def reactor_paused(assoc: Association, timeout: float = 30.0) -> Iterator[bool]:
+    """Hold an acceptor's reactor (pynetdicom's own checkpoint, meant for an acceptor's send_*()) so
+    another thread may send a request and read its response; yields whether the association is
+    still established once the reactor rests. Resumed on leaving."""
+    check_version()
+    assoc._reactor_checkpoint.clear()
+    try:
+        time.sleep(0.01)  # past the iteration that may have passed the checkpoint just before it closed
+        deadline = time.monotonic() + timeout
+        while assoc.is_established and not assoc._is_paused and time.monotonic() < deadline:
+            time.sleep(0.005)
+        yield assoc.is_established and assoc._is_paused
+    finally:
+        assoc._reactor_checkpoint.set()

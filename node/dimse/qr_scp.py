@@ -29,7 +29,7 @@ from pynetdicom.service_class import QueryRetrieveServiceClass
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.errors import QueryError
-from dicomnode.node.dimse import patches, retrieve
+from dicomnode.node.dimse import patches, retrieve, tls
 from dicomnode.node.dimse.ae import qr_root
 from dicomnode.node.dimse.status import (
     CANCEL,
@@ -42,6 +42,8 @@ from dicomnode.node.dimse.status import (
     UNABLE_TO_PROCESS,
     status_dataset,
 )
+from dicomnode.node.dimse.users import described, user_of, who_fields
+from dicomnode.node.peers import Peer, TlsClient, remote_peer
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive import Archive
 from dicomnode.storage.archive.header import nesting_depth
@@ -65,8 +67,9 @@ class QueryRetrieveSCP:
         self.settings = settings
         self.layout = archive.layout
         self.db = archive.db
+        self.audit = archive.audit
         # where this node itself listens, as a move destination (set by serve once it listens)
-        self.own_address: tuple[str, int] | None = None
+        self.own_address: tuple[str, int, bool] | None = None  # host, port, TLS
         retrieve.install()
         install_authorization(self.check)
 
@@ -75,14 +78,14 @@ class QueryRetrieveSCP:
 
     # -- who may do what ----------------------------------------------------------
 
-    def check(self, service: str, calling_aet: str, req: Any, identifier: Callable[[], Dataset]) -> Dataset | None:
+    def check(self, service: str, assoc: Association, req: Any, identifier: Callable[[], Dataset]) -> Dataset | None:
         """The refusal of a request before any work starts, or None.
 
         0x0124 when the peer may not use the service, 0xA801 when a move
         names a destination we do not know, 0xA900 when a retrieve
         identifier names nothing retrievable; each with its reason.
         """
-        why = self.refusal(calling_aet, service)
+        why = self.refusal(assoc, service)
         if why is not None:
             return status_dataset(NOT_AUTHORIZED, why)
         try:
@@ -100,19 +103,20 @@ class QueryRetrieveSCP:
             return self.retrieve_problem(str(req.AffectedSOPClassUID), ident)
         return None
 
-    def refusal(self, calling_aet: str, service: str) -> str | None:
-        """Why a peer may not use a service, or None."""
-        if self.settings.may_use(calling_aet, service):
+    def refusal(self, assoc: Association, service: str) -> str | None:
+        """Why a peer (its calling AE title, its verified user) may not use a service, or None."""
+        if self.settings.may_use(assoc.requestor.ae_title, service, user_of(assoc)):
             return None
-        return f"{calling_aet} is not allowed {service}"
+        return f"{described(assoc)} is not allowed {service}"
 
-    def destination(self, aet: str) -> tuple[str, int] | None:
+    def destination(self, aet: str) -> Peer | None:
         """Where a C-MOVE to `aet` goes: a [remotes] entry with the store service, or this node itself."""
         remote = self.settings.remote_by_aet(aet)
         if remote is not None and "store" in remote.services:
-            return remote.host, remote.port
+            return remote_peer(remote, self.settings)
         if aet == self.settings.aet and self.own_address is not None:
-            return self.own_address
+            host, port, secure = self.own_address
+            return Peer(aet, host, port, TlsClient.of(self.settings) if secure else None)
         return None
 
     def retrieve_problem(self, sop_class_uid: str, identifier: Dataset) -> Dataset | None:
@@ -159,6 +163,7 @@ class QueryRetrieveSCP:
             return
         log.info("C-FIND %s level from %s: %d matches in %.1f ms", req.query.level, who, n,
                  (time.perf_counter() - t0) * 1000)
+        self.audit.record("query", service="C-FIND", level=req.query.level, matches=n, **who_fields(event.assoc))
         yield SUCCESS, None
 
     # -- C-MOVE and C-GET ----------------------------------------------------------
@@ -166,15 +171,17 @@ class QueryRetrieveSCP:
     def on_move(self, event: Event) -> Iterator[Any]:
         who = event.assoc.requestor.ae_title
         dest_aet = str(event.move_destination).strip()
-        address = self.destination(dest_aet)
-        if address is None:  # checked before (check()); the configuration cannot change in between
+        peer = self.destination(dest_aet)
+        if peer is None:  # checked before (check()); the configuration cannot change in between
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         files, problem = self._selection(event, "move")
         kwargs = {"contexts": retrieve.contexts_for([(f.SOPClassUID, f.__dict__["archived_syntax"])
                                                      for f in files] or [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]),
                   "max_pdu": self.settings.max_pdu}
-        yield address[0], address[1], kwargs
+        if peer.tls is not None:
+            kwargs["tls_args"] = (tls.client_context(peer.tls), peer.host)
+        yield peer.host, peer.port, kwargs
         yield from self._suboperations(event, files, problem, f"C-MOVE from {who} to {dest_aet}")
 
     def on_get(self, event: Event) -> Iterator[Any]:
@@ -190,12 +197,21 @@ class QueryRetrieveSCP:
             return
         yield len(files)
         log.info("%s: %d instance(s)", what, len(files))
-        for f in files:
-            if event.is_cancelled:
-                log.info("%s cancelled", what)
-                yield CANCEL, None
-                return
-            yield PENDING, f
+        sent = 0
+        try:
+            for f in files:
+                if event.is_cancelled:
+                    log.info("%s cancelled", what)
+                    yield CANCEL, None
+                    return
+                yield PENDING, f
+                sent += 1
+        finally:
+            ident = event.identifier
+            self.audit.record("retrieve", "success" if sent == len(files) else "failure", service=what.split()[0],
+                              destination=str(getattr(event, "move_destination", "") or "").strip() or None,
+                              study=ident.get("StudyInstanceUID") if ident is not None else None,
+                              instances=len(files), offered=sent, **who_fields(event.assoc))
 
     def _selection(self, event: Event, service: str) -> tuple[list[retrieve.ArchivedFile], Dataset | None]:
         """The archived instances a retrieve identifier names (by unique keys, lists allowed)."""
@@ -258,7 +274,7 @@ def retrieve_keys(req: Request) -> list[tuple[str, str, Condition | None]]:
 
 # -- authorization ahead of pynetdicom's service loops -----------------------------
 
-Check = Callable[[str, str, Any, Callable[[], Dataset]], "Dataset | None"]
+Check = Callable[[str, Association, Any, Callable[[], Dataset]], "Dataset | None"]
 _checks: list[Check] = []
 
 
@@ -274,10 +290,9 @@ def _guarded(original: Callable[..., None], service: str) -> Callable[..., None]
     primitive = PRIMITIVES[service]
 
     def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
-        calling = self.assoc.requestor.ae_title
-        refusal = _checks[0](service, calling, req, lambda: _identifier(req, context)) if _checks else None
+        refusal = _checks[0](service, self.assoc, req, lambda: _identifier(req, context)) if _checks else None
         if refusal is not None:
-            log.warning("C-%s from %s refused: 0x%04X %s", service.upper(), calling, refusal.Status,
+            log.warning("C-%s from %s refused: 0x%04X %s", service.upper(), described(self.assoc), refusal.Status,
                         refusal.ErrorComment)
             return _answer(self, req, context, primitive, refusal)
         return original(self, req, context)

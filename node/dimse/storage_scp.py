@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from dicomnode.node import metrics
 from dicomnode.node.activity import Activity
 from dicomnode.node.dimse import guard, receive
 from dicomnode.node.dimse.ae import nodelay, server_ae
 from dicomnode.node.dimse.status import NOT_AUTHORIZED, status_dataset
+from dicomnode.node.dimse.users import described, user_of, who_fields
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive.ingest import Ingester, Outcome
 
@@ -67,6 +70,7 @@ class StorageSCP:
         self.admission = guard.Admission(settings)
         guard.install(settings)
         self._stats: dict[int, AssocStats] = {}
+        self.ae_labels = metrics.AeLabels(r.aet for r in settings.remotes.values())
         self._lock = threading.Lock()
         receive.install(ingester.new_sink)
 
@@ -80,6 +84,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_CONN_OPEN, self.admission.on_conn_open),
             (evt.EVT_REQUESTED, self.admission.on_requested),
+            (evt.EVT_USER_ID, self.admission.users.on_user_id),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_ACSE_SENT, self.on_acse_sent),
             (evt.EVT_RELEASED, self.on_closed),
@@ -96,6 +101,9 @@ class StorageSCP:
                         _who(event.assoc), dropped)
 
     def on_accepted(self, event: Event) -> None:
+        metrics.association_accepted(self.ae_labels.of(event.assoc.requestor.ae_title, admit=True))
+        self._audit("association", "success", **who_fields(event.assoc),
+                    tls=isinstance(event.assoc.dul.socket and event.assoc.dul.socket.socket, ssl.SSLSocket) or None)
         with self._lock:
             self._stats[id(event.assoc)] = AssocStats()
             if self.activity is not None:
@@ -107,13 +115,16 @@ class StorageSCP:
         if not isinstance(prim, A_ASSOCIATE) or prim.result not in (0x01, 0x02):
             return
         a, s = event.assoc, self.settings
+        metrics.association_rejected(self.ae_labels.of(guard.calling_aet(a)))
         request = a.requestor.primitive
         called = request.called_ae_title if request is not None else "?"
-        why = {
+        why = a.__dict__.get("_dn_rejected_because") or {
             "Calling AE title not recognised": f"calling AE {a.requestor.ae_title!r} is not in allowed_calling",
             "Called AE title not recognised": f"called AE {called!r} is not ours ({s.aet})",
-        }.get(prim.reason_str, a.__dict__.get("_dn_rejected_because", prim.reason_str.lower()))
+        }.get(prim.reason_str, prim.reason_str.lower())
         log.warning("association from %s rejected (%s): %s", _who(a), prim.result_str.lower(), why)
+        self._audit("association", "failure", **{**who_fields(a), "aet": guard.calling_aet(a) or None},
+                    reason=why)
 
     def on_closed(self, event: Event) -> None:
         with self._lock:
@@ -122,10 +133,15 @@ class StorageSCP:
                 self.activity.open_associations.value -= 1
         if st is None:
             return
+        metrics.association_closed(self.ae_labels.of(event.assoc.requestor.ae_title))
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         secs = time.monotonic() - st.started
         log.info("association %s %s after %.2f s: %d stored, %d duplicates kept, %d failed, %.1f MB",
                  _who(event.assoc), how, secs, st.stored, st.kept, st.failed, st.bytes / 1e6)
+
+    def _audit(self, event: str, outcome: str, **fields: object) -> None:
+        if self.ingester.audit is not None:
+            self.ingester.audit.record(event, outcome, **fields)
 
     # -- DIMSE services -----------------------------------------------------
 
@@ -136,14 +152,18 @@ class StorageSCP:
         t0 = time.perf_counter()
         req = cast(C_STORE, event.request)
         calling = event.assoc.requestor.ae_title
-        if not self.settings.may_use(calling, "store"):
-            receive.claim(event.dataset_path).discard()
+        if not self.settings.may_use(calling, "store", user_of(event.assoc)):
+            sink = receive.claim(event.dataset_path)
+            sink.discard()
+            metrics.object_received(self.ae_labels.of(calling), NOT_AUTHORIZED, sink.size)
             log.warning("store from %s refused: not allowed the store service", _who(event.assoc))
-            return status_dataset(NOT_AUTHORIZED, f"{calling} is not allowed store")
+            return status_dataset(NOT_AUTHORIZED, f"{described(event.assoc)} is not allowed store")
         with self.in_flight:
             out, size = receive.store(self.ingester, event, calling, f"{event.assoc.requestor.address}:"
                                       f"{event.assoc.requestor.port}")
         self._record(event.assoc, out, size)
+        metrics.object_received(self.ae_labels.of(calling), out.status, size,
+                                time.perf_counter() - t0 if out.ok else None)
         if self.activity is not None:
             self.activity.stored()
         ms = (time.perf_counter() - t0) * 1000
@@ -173,4 +193,5 @@ class StorageSCP:
 
 def _who(assoc: Association) -> str:
     r = assoc.requestor
-    return f"{r.ae_title}@{r.address}:{r.port}"
+    user = user_of(assoc)
+    return f"{guard.calling_aet(assoc)}@{r.address}:{r.port}" + (f" (user {user})" if user else "")

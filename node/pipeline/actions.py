@@ -28,7 +28,7 @@ from typing import Any
 
 from dicomnode.errors import AssociationFailed, DisplayError, PermanentError
 from dicomnode.node import services
-from dicomnode.node.peers import Peer
+from dicomnode.node.peers import remote_peer
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive import Archive
 from dicomnode.storage.jobs import ClaimedJob
@@ -61,7 +61,7 @@ def analyze(ctx: Context, path: Path, _target: str, _job: ClaimedJob) -> dict[st
     return summary(report)
 
 
-def forward(ctx: Context, path: Path, target: str, _job: ClaimedJob) -> None:
+def forward(ctx: Context, path: Path, target: str, job: ClaimedJob) -> None:
     from dicomnode.node.dimse.ae import Timeouts
     from dicomnode.node.dimse.scu import send
 
@@ -75,10 +75,14 @@ def forward(ctx: Context, path: Path, target: str, _job: ClaimedJob) -> None:
 
             rep = stow(remote.url, [path])
         else:
-            rep = send(Peer(remote.aet, remote.host, remote.port), [path], s.aet, Timeouts.of(s))
+            rep = send(remote_peer(remote, s), [path], s.aet, Timeouts.of(s))
     except AssociationFailed as exc:
+        ctx.archive.audit.record("export", "failure", destination=target, sop=job.sop_instance_uid, reason=str(exc))
         raise RuntimeError(str(exc)) from None
     item = rep.items[0]
+    ctx.archive.audit.record("export", "failure" if item.state == "failed" else "success", destination=target,
+                             via="forward", sop=item.sop_instance or job.sop_instance_uid,
+                             reason=item.comment or None)
     if item.state == "failed":
         code = "no response" if item.status is None else f"0x{item.status:04X}"
         raise RuntimeError(f"{remote.aet} answered {code}: {item.comment}")
@@ -105,6 +109,8 @@ def anonymize(ctx: Context, path: Path, target: str, job: ClaimedJob) -> None:
             if not stored.ok:
                 raise RuntimeError(f"archiving the de-identified copy failed: {stored.comment}")
             arc.index.record_derived(job.sop_instance_uid, "anonymized", result.sop_instance_uid)
+        arc.audit.record("anonymize", sop=job.sop_instance_uid, copy=result.sop_instance_uid, via="on arrival",
+                         archived=s.to_archive or None, folder=s.to_folder or None)
         if target:
             if result.burned_in_risk and s.hold_burned_in:
                 raise PermanentError(f"held back from {target}: {result.burned_in_risk} "
@@ -113,7 +119,7 @@ def anonymize(ctx: Context, path: Path, target: str, job: ClaimedJob) -> None:
     finally:
         out.unlink(missing_ok=True)
     if s.delete_original:
-        services.delete(arc, job.sop_instance_uid)
+        services.delete(arc, job.sop_instance_uid, by="anonymize (delete_original)")
 
 
 def convert(ctx: Context, path: Path, _target: str, job: ClaimedJob) -> dict[str, Any] | None:

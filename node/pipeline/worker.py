@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomnode.errors import PermanentError
-from dicomnode.node import services
+from dicomnode.node import metrics, services
 from dicomnode.node.activity import Activity
 from dicomnode.node.logs import setup_logging
 from dicomnode.node.pipeline.actions import ACTIONS, Context
@@ -67,6 +67,9 @@ class Worker:
                                                   max_attempts=self.settings.max_attempts,
                                                   base_delay=self.settings.retry_base_seconds) for o in outcomes]
         self.queue.finish(outcomes)
+        for o in outcomes:  # counted once recorded: a crash before finish runs the batch again
+            metrics.job_finished(o.job.action, "done" if o.error is None else
+                                 "retry" if o.state_after_failure == "pending" else "failed")
         return len(batch) == BATCH
 
     def _run(self, job: ClaimedJob) -> Outcome:

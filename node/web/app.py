@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomnode.node import services
 from dicomnode.node.settings import Settings
-from dicomnode.node.web import access, pictures, qido, stow, wado
-from dicomnode.node.web.context import BASE, Web
+from dicomnode.node.web import access, guard, health, pictures, qido, stow, wado
+from dicomnode.node.web.context import BASE, Problem, Web, problem
 
 STUDY = BASE + "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
@@ -54,11 +56,22 @@ def routes() -> list[Route]:
         # WADO-URI
         Route(BASE + "/wado", pictures.wado_uri, methods=["GET"]),
         Route("/wado", pictures.wado_uri, methods=["GET"]),
+        # probes and Prometheus metrics (outside /dicom-web: they are about the node, not its data)
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.scrape, methods=["GET"]),
     ]
 
 
 def create_app(settings: Settings) -> Starlette:
     arc = services.archive(settings)
-    app = Starlette(routes=routes(), middleware=[Middleware(access.Access, settings=settings)])
+    app = Starlette(routes=routes(), middleware=[Middleware(guard.BodyPace, chunk_timeout=settings.network_timeout),
+                                                Middleware(access.Access, settings=settings)],
+                    exception_handlers={Problem: _problem})
     app.state.web = Web(settings, arc, services.ingester(settings, arc))
     return app
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem(exc.status, exc.message)

@@ -39,6 +39,16 @@ class Web:
         return f"{proto}://{host}{prefix}{BASE}"
 
 
+class Problem(Exception):
+    """Raised by a route's helpers to answer with problem(status, message); the app turns it into
+    the response, so routes need not pass an error back through every layer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error with its reason: a JSON object {"error": ...}, and the reason in a Warning header too."""
     body = json.dumps({"error": message}, ensure_ascii=False).encode()

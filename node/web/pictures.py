@@ -24,7 +24,7 @@ from dicomnode.node.processing.display import Window
 from dicomnode.node.web import multipart
 from dicomnode.node.web.context import Web, problem
 from dicomnode.node.web.negotiation import parse_accept
-from dicomnode.node.web.wado import _cannot, _object_bytes, _sent_syntax, instances
+from dicomnode.node.web.wado import _cannot, _object_bytes, _sent_syntax, named
 
 PICTURES = ("image/jpeg", "image/png", "image/gif")
 VIDEOS = {"video/mp4": "mp4", "image/gif": "gif"}
@@ -70,10 +70,7 @@ def _picture_type(request: Request, allowed: tuple[str, ...] = PICTURES) -> str 
 
 
 async def rendered(request: Request) -> Response:
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such study, series or instance in the archive")
+    web, rows = await named(request, "no such study, series or instance in the archive")
     try:
         p = _params(request)
     except BadParameter as exc:
@@ -123,10 +120,7 @@ async def _animation(path: Path, kind: str, window: Window | None) -> Response:
 
 async def thumbnail(request: Request) -> Response:
     """The middle frame of the middle instance (of the first series, for a study), small."""
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such study, series or instance in the archive")
+    web, rows = await named(request, "no such study, series or instance in the archive")
     media = _picture_type(request, ("image/jpeg", "image/png"))
     if media is None:
         return problem(406, "thumbnails are image/jpeg or image/png")
@@ -157,9 +151,7 @@ async def wado_uri(request: Request) -> Response:
         if not q.get(key):
             return problem(400, f"{key} is required")
     request.path_params.update(study=q["studyUID"], series=q["seriesUID"], instance=q["objectUID"])
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such object in the archive")
+    _, rows = await named(request, "no such object in the archive")
     row = rows[0]
     path = web.archive.layout.absolute(row["path"])
     wanted = [t.strip() for t in (q.get("contentType") or "image/jpeg").split(",")]

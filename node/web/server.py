@@ -31,6 +31,7 @@ def _main(settings: Settings, report: Any) -> None:
     try:
         import uvicorn
 
+        from dicomnode.node.web import guard
         from dicomnode.node.web.app import create_app
 
         family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
@@ -41,7 +42,8 @@ def _main(settings: Settings, report: Any) -> None:
         app = create_app(settings)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                 ssl_certfile=settings.web_tls_cert or None, ssl_keyfile=settings.web_tls_key or None,
-                                timeout_keep_alive=30, limit_concurrency=256, h11_max_incomplete_event_size=1 << 20)
+                                timeout_keep_alive=guard.HEAD_SECONDS, limit_concurrency=256,
+                                h11_max_incomplete_event_size=1 << 20, http=guard.GuardedH11)
         server = uvicorn.Server(config)
     except Exception as exc:  # not listening: serve says why and stops
         report.put(("error", f"{type(exc).__name__}: {exc}"))

@@ -9,12 +9,14 @@ archive's group commits). Memory holds one chunk of the body, whatever a
 part's size. The answer lists what was stored (ReferencedSOPSequence
 with RetrieveURLs) and what failed, with the DICOM status as FailureReason:
 200 when everything was stored, 202 when some parts failed, 409 when none
-was stored.
+was stored, 507 (Insufficient Storage) when none was stored for want of room
+(0xA700: a storage quota, the free-space reserve, a full disk).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import anyio
@@ -24,11 +26,13 @@ from pydicom.sequence import Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomnode.node import metrics
 from dicomnode.node.web import dicomjson
 from dicomnode.node.web.context import DICOM_JSON, Web, problem
+from dicomnode.node.web.guard import SlowBody
 from dicomnode.node.web.multipart import Part, Reader
 from dicomnode.node.web.negotiation import parse_accept
-from dicomnode.storage.archive.ingest import CANNOT_UNDERSTAND, Outcome
+from dicomnode.storage.archive.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Outcome
 
 PROCESSING_FAILURE = 0x0110
 IN_FLIGHT = 4  # parts of one request being ingested at once
@@ -59,8 +63,11 @@ async def store(request: Request) -> Response:
 
     async def ingest(slot: int, part: Part) -> None:
         try:
+            t0 = time.perf_counter()
+            size = part.sink.size
             out = await anyio.to_thread.run_sync(lambda: web.ingester.ingest(part.sink, study=study, peer=peer))
             results[slot] = (part, out)
+            metrics.object_received("STOW-RS", out.status, size, time.perf_counter() - t0 if out.ok else None)
         finally:
             room.release()
 
@@ -87,6 +94,8 @@ async def store(request: Request) -> Response:
             else:
                 await anyio.to_thread.run_sync(reader.finish)
                 await start_done(tg)
+        except SlowBody:
+            raise  # guard.BodyPace answers 408 and closes; the parts taken so far stay stored
         except Exception as exc:  # python-multipart's parse errors, a connection cut off
             refusal = f"malformed multipart body ({type(exc).__name__})"
     done = [r for r in results if r is not None]
@@ -134,5 +143,6 @@ def _answer(base: str, study: str | None, results: list[tuple[Part, Outcome]]) -
         rsp.ReferencedSOPSequence = Sequence(stored)
     if failed:
         rsp.FailedSOPSequence = Sequence(failed)
-    status = 200 if not failed else 202 if stored else 409
+    status = 200 if not failed else 202 if stored else 409 if any(
+        item.FailureReason != OUT_OF_RESOURCES for item in failed) else 507
     return Response(json.dumps(dicomjson.to_json(rsp)).encode(), status_code=status, media_type=DICOM_JSON)

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomnode.node.web import dicomjson, multipart
-from dicomnode.node.web.context import DICOM_JSON, Web, problem
+from dicomnode.node.web.context import DICOM_JSON, Problem, Web, problem
 from dicomnode.node.web.negotiation import MediaRange, parse_accept
 from dicomnode.storage.archive.header import read_stored_header
 from dicomnode.storage.query.listing import list_level
@@ -44,6 +44,15 @@ def instances(web: Web, request: Request) -> list[dict[str, Any]]:
     return list(list_level(web.archive.db, "IMAGE", filters))
 
 
+async def named(request: Request, missing: str) -> tuple[Web, list[dict[str, Any]]]:
+    """The web side and the rows a URL names; 404 with `missing` as the reason when there are none."""
+    web: Web = request.app.state.web
+    rows = await anyio.to_thread.run_sync(instances, web, request)
+    if not rows:
+        raise Problem(404, missing)
+    return web, rows
+
+
 def _uid_shaped(uid: str) -> bool:
     return 0 < len(uid) <= 64 and all(part.isdigit() for part in uid.split("."))
 
@@ -54,10 +63,7 @@ def instance_url(base: str, row: dict[str, Any]) -> str:
 
 
 async def retrieve(request: Request) -> Response:
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such study, series or instance in the archive")
+    web, rows = await named(request, "no such study, series or instance in the archive")
     wanted = _dicom_syntax(parse_accept(request.headers.get("accept")))
     if wanted is None:
         return problem(406, 'this resource is sent as multipart/related; type="application/dicom"')
@@ -65,6 +71,10 @@ async def retrieve(request: Request) -> Response:
         why = _cannot(row["TransferSyntaxUID"], wanted)
         if why:
             return problem(406, f"{row['SOPInstanceUID']}: {why}")
+    p = request.path_params
+    web.archive.audit.record("retrieve", service="WADO-RS", host=request.client.host if request.client else None,
+                             user=request.scope.get("dicomnode.user"), study=p.get("study"), series=p.get("series"),
+                             sop=p.get("instance"), instances=len(rows))
     boundary = multipart.new_boundary()
     layout = web.archive.layout
     parts = ((f"application/dicom; transfer-syntax={_sent_syntax(r['TransferSyntaxUID'], wanted)}",
@@ -123,10 +133,7 @@ def _object_bytes(path: Path, stored: str, wanted: str) -> Iterator[bytes]:
 
 
 async def metadata(request: Request) -> Response:
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such study, series or instance in the archive")
+    web, rows = await named(request, "no such study, series or instance in the archive")
     base = web.base_url(request)
     return StreamingResponse(dicomjson.stream_array(_metadata(web, rows, base)), media_type=DICOM_JSON)
 
@@ -237,10 +244,7 @@ def _frame_numbers(text: str, frames: int) -> list[int] | None:
 
 
 async def frames(request: Request) -> Response:
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such instance in the archive")
+    web, rows = await named(request, "no such instance in the archive")
     row = rows[0]
     try:
         px = await anyio.to_thread.run_sync(PixelData, web.archive.layout.absolute(row["path"]), row)
@@ -284,10 +288,7 @@ def _frame_choice(accepts: list[MediaRange], stored_type: str, encapsulated: boo
 
 
 async def bulkdata(request: Request) -> Response:
-    web: Web = request.app.state.web
-    rows = await anyio.to_thread.run_sync(instances, web, request)
-    if not rows:
-        return problem(404, "no such instance in the archive")
+    web, rows = await named(request, "no such instance in the archive")
     path = web.archive.layout.absolute(rows[0]["path"])
     where = request.path_params["path"].strip("/").split("/")
     boundary = multipart.new_boundary()

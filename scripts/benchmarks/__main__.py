@@ -2,7 +2,8 @@
 
 C-FIND latency (the node and Orthanc on the same 10,000-study index),
 conversion (MP4 against GIF), ingest (the node, DCMTK storescp, Orthanc),
-DICOMweb (the node and Orthanc's DICOMweb plugin; whether the web side slows DIMSE).
+DICOMweb (the node and Orthanc's DICOMweb plugin; whether the web side slows DIMSE),
+the cost of DICOM TLS against plain TCP.
 Prints tables and writes bench-results/bench.json.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.benchmarks import convert, dicomweb, find, ingest
+from scripts.benchmarks import convert, dicomweb, find, ingest, tls
 from tests.support.proc import ROOT
 
 
@@ -26,7 +27,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
-    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb"], help="run one part (default: all)")
+    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb", "tls"], help="run one part (default: all)")
     ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
     ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     args = ap.parse_args()
@@ -54,6 +55,12 @@ def main() -> int:
             report(beside, title="DIMSE beside the web side: 200 images by storescu (seconds, medians)")
             results.update({f"dicomweb: {k} (dimse beside web)": v for k, v in beside.items()})
             shutil.rmtree(work / "dicomweb", ignore_errors=True)
+        if args.only in (None, "tls"):
+            cost = tls.run(work / "tls", args.reps)
+            report(cost, title="DICOM TLS: the node over TLS against plain TCP, 300 CT images 512x512 by "
+                              "storescu (median s; ratio = TLS / plain)")
+            results.update({f"tls: {k}": v for k, v in cost.items()})
+            shutil.rmtree(work / "tls", ignore_errors=True)
         if args.only in (None, "ingest"):
             got = ingest.run(work, args.no_big, args.orthanc_big, args.reps)
             report(got)

@@ -16,16 +16,21 @@ from tests.support.proc import DICOMNODE, ROOT
 Server = Peer  # a started receiver: name, process, port, AE title, storage folder; stop()
 
 
-def start_node(work: Path, concurrent: bool = True, actions: str = "analyze", web: bool = False) -> Server:
-    """The node; with `web`, its DICOMweb side too (on a free port: Server.http_port)."""
+def start_node(work: Path, concurrent: bool = True, actions: str = "analyze", web: bool = False,
+               config: Path | None = None, tls: bool = False) -> Server:
+    """The node; with `web`, its DICOMweb side too (on a free port: Server.http_port); with `tls`
+    (a `config` with [tls]), Server.port is its TLS port."""
     storage = work / "node"
     env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
            "DICOMNODE_DEFAULT_ACTIONS": actions}
     proc = subprocess.Popen([*DICOMNODE, "serve", "--storage", str(storage), "--host",
                              "127.0.0.1", "--port", "0", "--aet", "DICOMNODE",
-                             *(["--http-port", "0"] if web else ["--no-web"])], cwd=ROOT, env=env,
+                             *(["--http-port", "0"] if web else ["--no-web"]),
+                             *(["--config", str(config)] if config else [])], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
+    if tls:
+        line = proc.stdout.readline()  # type: ignore[union-attr]  # "dicomnode listening with TLS on ..."
     m = re.search(r":(\d+) as", line)
     if not m:
         raise RuntimeError(f"node did not start: {line!r}")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomnode.errors import ArchiveError
 from dicomnode.storage.archive.durable import clean_stale_temp, make_dirs_durable
 from dicomnode.storage.archive.layout import INDEX_FILE, Layout
+from dicomnode.storage.audit import AuditLog
 from dicomnode.storage.index.db import Database
 from dicomnode.storage.index.rows import Index
 from dicomnode.storage.jobs import JobQueue
@@ -25,6 +26,7 @@ class Archive:
     db: Database
     index: Index
     jobs: JobQueue
+    audit: AuditLog
 
 
 def open_archive(root: Path, db_url: str | None = None, create: bool = True) -> Archive:
@@ -55,4 +57,4 @@ def open_archive(root: Path, db_url: str | None = None, create: bool = True) -> 
     except SQLAlchemyError as exc:
         raise ArchiveError(f"cannot open the index of {layout.root}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}") from exc
-    return Archive(layout, db, Index(db), JobQueue(db))
+    return Archive(layout, db, Index(db), JobQueue(db), AuditLog(layout.audit))

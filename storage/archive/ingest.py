@@ -2,7 +2,8 @@
 
 Order of events, each step durable before the next:
   1. bytes streamed into a HashingSink in <root>/tmp (hash computed on the way)
-  2. header parsed and identifiers validated (never the pixel data)
+  2. header parsed and identifiers validated (never the pixel data); the
+     storage quotas admit it, recycling old studies if so configured (quota.py)
   3. sink fsynced, renamed to its hashed path, folder fsynced
   4. index rows committed (3's rename and folder fsync and 4 are shared by the
      stores that arrive together: commit.py, group commit)
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
@@ -39,6 +40,8 @@ from dicomnode.storage.archive.header import (
     uid_problem,
 )
 from dicomnode.storage.archive.layout import Layout
+from dicomnode.storage.archive.quota import Admission, Arrival, Limits, Quota
+from dicomnode.storage.audit import AuditLog
 from dicomnode.storage.index.rows import FileFacts, Index, Put, PutResult
 
 log = logging.getLogger("dicomnode.ingest")
@@ -78,13 +81,17 @@ Plan = Callable[[str | None, str | None, str | None], list[str]]
 
 class Ingester:
     def __init__(self, layout: Layout, index: Index, duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
-                 min_free_bytes: int = 0, plan: Plan | None = None) -> None:
+                 min_free_bytes: int = 0, plan: Plan | None = None, limits: Limits = Limits(),
+                 audit: AuditLog | None = None) -> None:
         self.layout = layout
+        self.audit = audit
         self.index = index
         self.plan = plan
         self.duplicates = DuplicatePolicy(duplicates)
         self.min_free_bytes = min_free_bytes
         self.committer = Committer(index)
+        self.quota = Quota(layout, index, limits, self.duplicates is DuplicatePolicy.OVERWRITE,
+                           audit) if limits.any else None
 
     def new_sink(self) -> HashingSink:
         return HashingSink(self.layout.tmp)
@@ -109,6 +116,13 @@ class Ingester:
             out = Outcome(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}: {exc}", action="failed")
         if out.action in ("failed", "kept"):
             sink.discard()
+        if self.audit is not None:
+            ids = out.identity
+            self.audit.record("stored", "success" if out.ok else "failure", action=out.action,
+                              status=f"0x{out.status:04X}", aet=calling_aet, peer=peer,
+                              study=ids.get("StudyInstanceUID"), series=ids.get("SeriesInstanceUID"),
+                              sop=ids.get("SOPInstanceUID") or sop_instance, sop_class=ids.get("SOPClassUID"),
+                              reason=None if out.ok else out.comment)
         return out
 
     def _ingest(self, sink: HashingSink, claims: Claims, calling_aet: str | None, peer: str | None,
@@ -148,9 +162,16 @@ class Ingester:
         facts = FileFacts(self.layout.relative(final), sink.size, sink.sha256, calling_aet, peer)
         actions = self.plan(calling_aet, values["SERIES"].get("Modality"), values["IMAGE"]["SOPClassUID"]) \
             if self.plan else []
-        unit = self.committer.commit(Unit(sink.path, final, Put(values, facts,
-                                                                self.duplicates is DuplicatePolicy.OVERWRITE,
-                                                                actions)))
+        admission = self._admit(values, sink.size)
+        if admission.refused:
+            return Outcome(OUT_OF_RESOURCES, admission.refused, sop_uid, action="failed")
+        try:
+            unit = self.committer.commit(Unit(sink.path, final, Put(values, facts,
+                                                                    self.duplicates is DuplicatePolicy.OVERWRITE,
+                                                                    actions)))
+        finally:
+            if self.quota is not None:
+                self.quota.release(admission)
         if unit.placed:
             sink.kept()  # the temp file is the final one now
         if unit.result is None:
@@ -169,6 +190,15 @@ class Ingester:
             durable.remove(self.layout.absolute(other))
         action = "replaced" if result is PutResult.REPLACED else "stored"
         return Outcome(SUCCESS, "", sop_uid, final, action)
+
+    def _admit(self, values: dict[str, dict[str, Any]], size: int) -> Admission:
+        """The quotas' word on an object (always admitted when none is set)."""
+        if self.quota is None:
+            return Admission()
+        pv = values["PATIENT"]
+        return self.quota.admit(Arrival(values["STUDY"]["StudyInstanceUID"],
+                                        (pv.get("PatientID") or "", pv.get("IssuerOfPatientID") or ""),
+                                        values["IMAGE"]["SOPInstanceUID"], size))
 
     def _duplicate(self, sop_uid: str, existing_path: str) -> Outcome:
         if self.duplicates is DuplicatePolicy.REJECT:

@@ -4,7 +4,9 @@
     <root>/objects/.../<instance>-<content>.dcm.analysis.json       an object's analysis report
     <root>/derived/<ab>/<study>/<series>/...                        conversions (PNG, MP4, ...)
     <root>/tmp/                 temp files being received (same file system: renames are atomic)
+    <root>/run/metrics/         the running node's Prometheus values (node/metrics.py; emptied at start)
     <root>/secret/anonymize.key  the node's pseudonym key (made on first use, mode 0600)
+    <root>/audit/audit.jsonl    the audit trail (storage/audit.py), rotated as audit.jsonl.1 ...
     <root>/index.sqlite         the default index
 
 Every path component under objects/ and derived/ is a hash: of the Study,
@@ -23,7 +25,9 @@ from pathlib import Path
 OBJECTS = "objects"
 DERIVED = "derived"
 TMP = "tmp"
+METRICS = "metrics"
 SECRET = "secret"
+AUDIT = "audit"
 INDEX_FILE = "index.sqlite"
 REPORT_SUFFIX = ".analysis.json"
 
@@ -45,8 +49,19 @@ class Layout:
         return self.root / TMP
 
     @property
+    def metrics(self) -> Path:
+        """The running node's metric values, one mmap file per process (prometheus-client's
+        multiprocess mode), emptied when `serve` starts. Not under tmp/: that holds only objects
+        being received (and is checked to be empty after failures)."""
+        return self.root / "run" / METRICS
+
+    @property
     def derived(self) -> Path:
         return self.root / DERIVED
+
+    @property
+    def audit(self) -> Path:
+        return self.root / AUDIT
 
     @property
     def pseudonym_key(self) -> Path:

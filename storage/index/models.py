@@ -15,7 +15,7 @@ from functools import cache
 from typing import cast
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Table, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -66,9 +66,14 @@ class Study(Base):
     PatientSize: Mapped[str | None] = mapped_column(Str)
     PatientWeight: Mapped[str | None] = mapped_column(Str)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # quotas (storage/archive/quota.py): recycling takes the least recently received study that
+    # is not protected; the index on both makes "the oldest candidate" one b-tree step
+    last_received_at: Mapped[datetime | None] = mapped_column(DateTime)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
+    __table_args__ = (Index("ix_studies_recycle", "protected", "last_received_at"),)
 
 
 class Series(Base):
@@ -127,6 +132,19 @@ class Instance(Base):
     finding_codes: Mapped[str | None] = mapped_column(Str)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Counter(Base):
+    """A running total kept in the transactions that change it: reading it costs one row, where
+    summing the instances' sizes would read them all (the size quota asks at every store)."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(Str, primary_key=True)  # see COUNTERS
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# archive_bytes: sum of the instances' file_size; recycled_*: studies removed by recycling, their bytes
+COUNTERS = ("archive_bytes", "recycled_studies", "recycled_bytes")
 
 
 class Job(Base):

@@ -5,6 +5,13 @@ objects that arrived together (put_many, the archive's group commit), each
 object in a savepoint of its own. Concurrent first arrivals of the same study
 race on its unique key; the loser retries and finds the winner's row (on
 SQLite, BEGIN IMMEDIATE already serialises them).
+
+The archive's size is a counter (models.Counter) changed in the same
+transactions as the instance rows, as the last statement of each, so that
+the one row every writer updates is locked for the shortest time and always
+last. Just before it, the studies received into get their arrival time, once
+each and in key order: row locks taken in one order by every writer (the
+DIMSE and the DICOMweb process on PostgreSQL) cannot deadlock.
 """
 
 from __future__ import annotations
@@ -15,12 +22,22 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, delete, func, insert, select, update
+from sqlalchemy import Connection, Insert, Select, case, delete, exists, false, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicomnode.storage.index.db import Database
-from dicomnode.storage.index.models import DerivedObject, Instance, Patient, Series, Study, dicom_keywords, now, table
+from dicomnode.storage.index.models import (
+    Counter,
+    DerivedObject,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    dicom_keywords,
+    now,
+    table,
+)
 from dicomnode.storage.jobs import enqueue
 
 WRITE_RETRIES = 5
@@ -49,6 +66,27 @@ class PutResult(Enum):
     INSERTED = "inserted"
     REPLACED = "replaced"
     EXISTS = "exists"
+
+
+# what one object's rows did: the result, the path of the instance row before, bytes the archive grew
+# by, the study it went into (None: a duplicate, nothing written)
+_Done = tuple[PutResult, str | None, int, int | None]
+
+
+@dataclass
+class Removed:
+    """What a delete took out of the index: the files to remove now, and their size."""
+
+    paths: list[str]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A study recycling may remove, as seen when it was chosen."""
+
+    StudyInstanceUID: str
+    last_received_at: datetime | None
 
 
 class Index:
@@ -84,13 +122,17 @@ class Index:
         for attempt in range(WRITE_RETRIES):
             try:
                 with self.db.writing_connection() as conn:
-                    return [self._put_saved(conn, p) for p in puts]
+                    done = [self._put_saved(conn, p) for p in puts]
+                    ok = [d for d in done if not isinstance(d, Exception)]
+                    _received_into(conn, {d[3] for d in ok if d[3] is not None})
+                    _count(conn, "archive_bytes", sum(d[2] for d in ok))
+                    return [d if isinstance(d, Exception) else d[:2] for d in done]
             except IntegrityError:  # raised by the commit itself (a deferred check): all again
                 if attempt == WRITE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _put_saved(self, conn: Connection, p: Put) -> tuple[PutResult, str | None] | Exception:
+    def _put_saved(self, conn: Connection, p: Put) -> _Done | Exception:
         for attempt in range(WRITE_RETRIES):
             saved = conn.begin_nested()
             try:
@@ -111,61 +153,81 @@ class Index:
         raise AssertionError("unreachable")
 
     def _put(self, conn: Connection, values: dict[str, dict[str, Any]], facts: FileFacts,
-             overwrite: bool) -> tuple[PutResult, str | None]:
+             overwrite: bool) -> _Done:
         """Core statements, not ORM objects: this runs once per received object.
 
         The common case (a further image of a known series) costs two indexed
-        SELECTs and one INSERT.
+        SELECTs and one INSERT (and, for the batch, the study's arrival time: put_many).
         """
         t = now()
         iv = values["IMAGE"]
-        old = conn.execute(select(INS.c.id, INS.c.path, INS.c.series_pk)
+        old = conn.execute(select(INS.c.id, INS.c.path, INS.c.series_pk, INS.c.file_size)
                            .where(INS.c.SOPInstanceUID == iv["SOPInstanceUID"])).first()
         if old is not None and not overwrite:
-            return PutResult.EXISTS, old.path
-        series_pk = _series_pk(conn, values, t)
+            return PutResult.EXISTS, old.path, 0, None
+        series_pk, study_pk = _series_pk(conn, values, t)
         row = {**iv, "path": facts.path, "file_size": facts.file_size, "sha256": facts.sha256,
                "received_at": t, "calling_aet": facts.calling_aet, "peer_address": facts.peer_address,
                "series_pk": series_pk}
         if old is None:
             conn.execute(insert(INS).values(**row))
-            return PutResult.INSERTED, None
+            return PutResult.INSERTED, None, facts.file_size, study_pk
         cleared = {k: None for k in dicom_keywords(Instance) if k not in row}
         conn.execute(update(INS).where(INS.c.id == old.id).values(**cleared, **row))
         if old.series_pk != series_pk:
             _prune_empty(Session(bind=conn), old.series_pk)
-        return PutResult.REPLACED, old.path
+        return PutResult.REPLACED, old.path, facts.file_size - old.file_size, study_pk
 
-    def delete(self, uid: str) -> list[str]:
-        """Remove a study, series or instance (and parents left empty); return its files' paths."""
+    def delete(self, uid: str) -> Removed | None:
+        """Remove a study, series or instance (and parents left empty); None when it is not indexed."""
         with self.db.writing() as s:
             level, row = _find_any(s, uid)
             if level is None or row is None:
-                return []
-            q = _instances_under(level, row.id)
-            paths = list(s.scalars(q.with_only_columns(Instance.path)))
-            ids = list(s.scalars(q.with_only_columns(Instance.id)))
-            series_ids = set(s.scalars(q.with_only_columns(Instance.series_pk)))
-            s.execute(delete(Instance).where(Instance.id.in_(ids)))
-            for sid in series_ids:
-                _prune_empty(s, sid)
-            if level == "STUDY":
-                _prune_study(s, row.id)
-            return paths
+                return None
+            return _delete_under(s, level, row.id)
+
+    def recycle(self, seen: Candidate) -> Removed | None:
+        """Remove a study chosen for recycling, if it is still as it was seen: there, unprotected,
+        and nothing received into it since (another process may have stored or protected it in
+        between). Counted in the recycled_* counters, in the same transaction."""
+        with self.db.writing() as s:
+            same = Study.last_received_at.is_(None) if seen.last_received_at is None \
+                else Study.last_received_at == seen.last_received_at
+            pk = s.scalar(select(Study.id).where(Study.StudyInstanceUID == seen.StudyInstanceUID,
+                                                 Study.protected == false(), same))
+            if pk is None:
+                return None
+            removed = _delete_under(s, "STUDY", pk)
+            _count(s, "recycled_studies", 1)
+            _count(s, "recycled_bytes", removed.bytes)
+            return removed
+
+    def protect(self, uid: str, protected: bool = True) -> str | None:
+        """Mark the study of a study, series or instance UID as kept from recycling (or no longer);
+        its Study Instance UID, or None when the UID is not indexed."""
+        with self.db.writing() as s:
+            level, row = _find_any(s, uid)
+            if row is None:
+                return None
+            study = row if isinstance(row, Study) else row.study if isinstance(row, Series) else row.series.study
+            study.protected = protected
+            return study.StudyInstanceUID
 
     def drop_instances(self, paths: list[str]) -> int:
         """Drop the rows of instances whose files are gone (check --repair)."""
-        n = 0
+        n = size = 0
         with self.db.writing() as s:
             for p in paths:
                 inst = s.scalar(select(Instance).where(Instance.path == p))
                 if inst is None:
                     continue
                 sid = inst.series_pk
+                size += inst.file_size
                 s.delete(inst)
                 s.flush()
                 _prune_empty(s, sid)
                 n += 1
+            _count(s, "archive_bytes", -size)
         return n
 
     def record_derived(self, source_uid: str, kind: str, uid: str | None = None, path: str | None = None) -> None:
@@ -194,6 +256,16 @@ class Index:
         with self.engine.connect() as conn:
             return set(conn.scalars(select(INS.c.path).where(INS.c.path.in_(paths))))
 
+    def stored_files(self, sop_instance_uids: list[str]) -> dict[str, tuple[str, str, str]]:
+        """SOP Instance UID -> (SOP Class UID, path, sha256) of those that are indexed."""
+        out: dict[str, tuple[str, str, str]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(sop_instance_uids), 500):  # bound the IN list (SQLite's variable limit)
+                rows = conn.execute(select(INS.c.SOPInstanceUID, INS.c.SOPClassUID, INS.c.path, INS.c.sha256)
+                                    .where(INS.c.SOPInstanceUID.in_(sop_instance_uids[i:i + 500])))
+                out.update((r[0], (r[1], r[2], r[3])) for r in rows)
+        return out
+
     def instance_path(self, sop_instance_uid: str) -> str | None:
         """The archive-relative path of an instance (one indexed lookup, for the workers)."""
         with self.engine.connect() as conn:
@@ -201,13 +273,83 @@ class Index:
 
     def stats(self) -> dict[str, int]:
         with self.sessions() as s:
+            counted = self.counters()
             return {
                 "patients": s.scalar(select(func.count(Patient.id))) or 0,
                 "studies": s.scalar(select(func.count(Study.id))) or 0,
                 "series": s.scalar(select(func.count(Series.id))) or 0,
                 "instances": s.scalar(select(func.count(Instance.id))) or 0,
                 "bytes": s.scalar(select(func.coalesce(func.sum(Instance.file_size), 0))) or 0,
+                "protected": s.scalar(select(func.count(Study.id)).where(Study.protected == true())) or 0,
+                "recycled": counted.get("recycled_studies", 0),
+                "recycled_bytes": counted.get("recycled_bytes", 0),
             }
+
+    # -- quotas (storage/archive/quota.py) ----------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The running totals (models.COUNTERS) by name."""
+        with self.engine.connect() as conn:
+            return {r.name: r.value for r in conn.execute(select(CNT.c.name, CNT.c.value))}
+
+    def bytes_counted(self) -> tuple[int, int]:
+        """(the size counter, the sum of the instances' file sizes): equal unless something went
+        around the index's writes. One statement, so one snapshot, while stores go on."""
+        counter = select(CNT.c.value).where(CNT.c.name == "archive_bytes").scalar_subquery()
+        total = select(func.coalesce(func.sum(INS.c.file_size), 0)).scalar_subquery()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(counter, total)).one()
+            return int(row[0] or 0), int(row[1] or 0)
+
+    def count_bytes_again(self) -> None:
+        """Set the size counter to the sum of the file sizes (check --repair)."""
+        total = select(func.coalesce(func.sum(INS.c.file_size), 0)).scalar_subquery()
+        with self.db.writing_connection() as conn:
+            conn.execute(update(CNT).where(CNT.c.name == "archive_bytes").values(value=total))
+
+    def indexed_instances(self, sop_instance_uids: list[str]) -> set[str]:
+        """Which of these SOP Instance UIDs the index holds."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(INS.c.SOPInstanceUID).where(INS.c.SOPInstanceUID.in_(sop_instance_uids))))
+
+    def footprint(self, study_uid: str, patient: tuple[str, str]) -> tuple[int, bool, bool]:
+        """(the archive's size, whether the study is indexed, whether the patient (PatientID,
+        Issuer) is): what admitting an object asks, in one statement."""
+        size = select(CNT.c.value).where(CNT.c.name == "archive_bytes").scalar_subquery()
+        study = exists().where(STU.c.StudyInstanceUID == study_uid)
+        known = exists().where(PAT.c.PatientID == patient[0], PAT.c.IssuerOfPatientID == patient[1])
+        with self.engine.connect() as conn:
+            row = conn.execute(select(size, study, known)).one()
+            return int(row[0] or 0), bool(row[1]), bool(row[2])
+
+    def count(self, level: str) -> int:
+        """Studies or patients in the index (a count of one narrow index; asked only for a new one)."""
+        t = STU if level == "STUDY" else PAT
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(t)) or 0)
+
+    def oldest_studies(self, avoid: set[str], limit: int = 8) -> list[Candidate]:
+        """Unprotected studies, least recently received first, none of `avoid` (the studies
+        being received into)."""
+        with self.engine.connect() as conn:
+            q = (select(STU.c.StudyInstanceUID, STU.c.last_received_at).where(STU.c.protected == false())
+                 .order_by(STU.c.last_received_at, STU.c.id).limit(limit + len(avoid)))
+            return [Candidate(r[0], r[1]) for r in conn.execute(q) if r[0] not in avoid][:limit]
+
+    def oldest_patient(self, avoid: set[str], limit: int = 8) -> list[Candidate]:
+        """Every study of the least recently received patient none of whose studies is protected
+        or in `avoid`; [] when there is none. Recycling for max_patients removes whole patients."""
+        last = func.max(STU.c.last_received_at)
+        guarded = func.sum(case((STU.c.protected == true(), 1), else_=0))
+        q = (select(STU.c.patient_pk).group_by(STU.c.patient_pk).having(guarded == 0)
+             .order_by(last, STU.c.patient_pk).limit(limit + len(avoid)))
+        with self.engine.connect() as conn:
+            for patient_pk in conn.scalars(q):
+                studies = [Candidate(r[0], r[1]) for r in conn.execute(
+                    select(STU.c.StudyInstanceUID, STU.c.last_received_at).where(STU.c.patient_pk == patient_pk))]
+                if not any(c.StudyInstanceUID in avoid for c in studies):
+                    return studies
+        return []
 
     def all_files(self) -> Iterator[tuple[str, str, str]]:
         """(path, sha256, SOPInstanceUID) of every instance, streamed."""
@@ -219,14 +361,36 @@ class Index:
 
 PAT, STU, SER, INS = (table(m) for m in (Patient, Study, Series, Instance))
 DER = table(DerivedObject)
+CNT = table(Counter)
 
 
-def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime) -> int:
-    """The series row's id, creating it (and its study and patient) on first sight."""
+def _count(conn: Connection | Session, name: str, delta: int) -> None:
+    """Add to a running total; the last statement of its transaction (see the module's docstring)."""
+    if delta:
+        conn.execute(update(CNT).where(CNT.c.name == name).values(value=CNT.c.value + delta))
+
+
+def _delete_under(s: Session, level: str, pk: int) -> Removed:
+    """Delete the instance rows under a study, series or instance row and the parents left empty."""
+    q = _instances_under(level, pk)
+    rows = s.execute(q.with_only_columns(Instance.id, Instance.path, Instance.series_pk, Instance.file_size)).all()
+    s.execute(delete(Instance).where(Instance.id.in_([r.id for r in rows])))
+    for sid in {r.series_pk for r in rows}:
+        _prune_empty(s, sid)
+    if level == "STUDY":
+        _prune_study(s, pk)
+    removed = Removed([r.path for r in rows], sum(r.file_size for r in rows))
+    _count(s, "archive_bytes", -removed.bytes)
+    return removed
+
+
+def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime) -> tuple[int, int]:
+    """The series row's id and its study's, creating them (and the patient) on first sight."""
     sv, stv, pv = values["SERIES"], values["STUDY"], values["PATIENT"]
-    pk = conn.scalar(select(SER.c.id).where(SER.c.SeriesInstanceUID == sv["SeriesInstanceUID"]))
-    if pk is not None:
-        return pk
+    known = conn.execute(select(SER.c.id, SER.c.study_pk).where(SER.c.SeriesInstanceUID == sv["SeriesInstanceUID"])
+                         ).first()
+    if known is not None:
+        return int(known.id), int(known.study_pk)
     study_pk = conn.scalar(select(STU.c.id).where(STU.c.StudyInstanceUID == stv["StudyInstanceUID"]))
     if study_pk is None:
         ident = {"PatientID": pv.get("PatientID") or "", "IssuerOfPatientID": pv.get("IssuerOfPatientID") or ""}
@@ -234,8 +398,16 @@ def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime)
                                                         PAT.c.IssuerOfPatientID == ident["IssuerOfPatientID"]))
         if patient_pk is None:
             patient_pk = _new_id(conn, insert(PAT).values(**{**pv, **ident}, created_at=t))
-        study_pk = _new_id(conn, insert(STU).values(**stv, patient_pk=patient_pk, created_at=t))
-    return _new_id(conn, insert(SER).values(**sv, study_pk=study_pk, created_at=t))
+        study_pk = _new_id(conn, insert(STU).values(**stv, patient_pk=patient_pk, created_at=t, last_received_at=t))
+    return _new_id(conn, insert(SER).values(**sv, study_pk=study_pk, created_at=t)), study_pk
+
+
+def _received_into(conn: Connection, study_pks: set[int]) -> None:
+    """The studies' last arrival, the order in which recycling takes them; in key order (see the
+    module's docstring)."""
+    t = now()
+    for pk in sorted(study_pks):
+        conn.execute(update(STU).where(STU.c.id == pk).values(last_received_at=t))
 
 
 def _new_id(conn: Connection, stmt: Insert) -> int:

@@ -30,6 +30,7 @@ COUNTS = {
 }
 FILE_FACTS = ("path", "file_size", "sha256", "received_at", "calling_aet", "peer_address", "pixel_data_offset",
               "pixel_data_size", "finding_errors", "finding_warnings", "finding_codes")
+STUDY_FACTS = ("protected", "last_received_at")  # what the storage quotas go by (storage/archive/quota.py)
 
 
 def vr_of(keyword: str) -> str:
@@ -54,6 +55,8 @@ def listing_query(level: str, filters: dict[str, str], fold_pn: bool = True) -> 
     query = build_query("PATIENT", level, keys, hierarchical=False)
     if level == "IMAGE":
         query.keys += [Key(col, "", None, "index", "IMAGE") for col in FILE_FACTS]
+    if level == "STUDY":
+        query.keys += [Key(col, "", None, "index", "STUDY") for col in STUDY_FACTS]
     return query
 
 
@@ -71,8 +74,9 @@ def list_level(db: Database, level: str, filters: dict[str, str], limit: int | N
     with db.engine.connect() as conn:
         for row in conn.execution_options(yield_per=500).execute(stmt).mappings():
             out = {k: v for k, v in row.items() if k != "_pk"}
-            if out.get("received_at") is not None:
-                out["received_at"] = out["received_at"].isoformat() + "Z"
+            for when in ("received_at", "last_received_at"):
+                if out.get(when) is not None:
+                    out[when] = out[when].isoformat() + "Z"
             yield out
 
 

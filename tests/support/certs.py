@@ -34,6 +34,13 @@ def _write(folder: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurv
     return pair
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 class Authority:
     """A throwaway CA under `folder`; `issue()` signs certificates for 127.0.0.1/localhost."""
 
@@ -50,15 +57,18 @@ class Authority:
                       .sign(self._key, hashes.SHA256()))
         self.ca = _write(folder, "ca", self._cert, self._key).cert
 
-    def issue(self, stem: str, common: str = "localhost", days: float = 1.0) -> Pair:
+    def issue(self, stem: str, common: str = "localhost", days: float = 1.0,
+              names: tuple[str, ...] = ("localhost", "127.0.0.1"), expired: bool = False) -> Pair:
+        """A leaf certificate for `names` (DNS names or IP addresses), valid for `days` from now, or
+        one that expired yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
+        start = now - datetime.timedelta(days=2 if expired else 0, minutes=5)
+        end = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=days)
         cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(self._cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=days))
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .not_valid_before(start).not_valid_after(end)
+                .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(self._key, hashes.SHA256()))

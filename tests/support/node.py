@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.support.proc import DICOMNODE, ROOT, cli, need, run
 
 READY = re.compile(r"dicomnode listening on (\S+):(\d+) as (\S+)")
+TLS_READY = re.compile(r"dicomnode listening with TLS on (\S+):(\d+) as (\S+)")
 WEB_READY = re.compile(r"dicomnode web on (https?)://\S+:(\d+)/dicom-web")
 
 
@@ -29,6 +30,8 @@ class Node:
     web: bool = False  # the HTTP side too (a free port), else --no-web
     http_port: int = 0
     http_scheme: str = "http"
+    tls: bool = False  # a TLS listener is configured: wait for it too ([tls] in a --config file)
+    tls_port: int = 0
 
     def start(self, timeout: float = 30) -> Node:
         self.log_path = self.storage.parent / f"{self.storage.name}-node.log"
@@ -47,6 +50,11 @@ class Node:
             m = READY.search(line)
             if m:
                 self.port = int(m.group(2))
+                if not self.web and not self.tls:
+                    return self
+            t = TLS_READY.search(line)
+            if t:
+                self.tls_port = int(t.group(2))
                 if not self.web:
                     return self
             w = WEB_READY.search(line)
