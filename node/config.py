@@ -184,6 +184,8 @@ def _validate(s: Settings) -> None:
                           "or --web-insecure to do without")
     if bool(s.web_tls_cert) != bool(s.web_tls_key):
         raise ConfigError("[web] tls_cert and tls_key go together")
+    if s.http_max_per_host < 1 or s.http_head_timeout < 1:
+        raise ConfigError("[web] max_connections_per_host and head_timeout: 1 or more")
     _validate_tls(s)
     for entry in s.user_services:
         name, eq, services = entry.partition("=")

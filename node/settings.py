@@ -117,6 +117,10 @@ class Settings:
     jwt_secret: str = _setting("web", "", "bearer auth: HS256 shared secret")
     jwt_jwks: str = _setting("web", "", "bearer auth: JWKS file or URL of the token issuer's keys")
     cors_origins: list[str] = _setting("web", [], "origins allowed to call the API from a browser (empty = none)")
+    http_max_per_host: int = _setting("web", 64, "HTTP connections open at once from one address; more are "
+                                      "closed at once", key="max_connections_per_host")
+    http_head_timeout: int = _setting("web", 15, "seconds a request head may take to arrive whole (also the "
+                                      "keep-alive of an idle connection)", key="head_timeout")
     max_stow_mb: int = _setting("web", 4096, "largest STOW-RS request (MB; 0 = no limit): more is 413")
     web_tls_cert: str = _setting("web", "", "HTTPS: certificate file (PEM)", key="tls_cert")
     web_tls_key: str = _setting("web", "", "HTTPS: private key file (PEM)", key="tls_key")

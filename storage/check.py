@@ -9,6 +9,7 @@ outside the node touched the archive, or the disk failed.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +51,17 @@ def file_sha256(path: Path) -> str:
 
 
 def check(layout: Layout, index: Index, verify_hashes: bool = True,
-          progress: Callable[[], None] | None = None) -> CheckReport:
+          progress: Callable[[], None] | None = None, live: bool = False) -> CheckReport:
+    """The index against the files. `live`: a node is running on the archive and stores while this
+    runs, so the listing of files and the rows are not one snapshot: a row whose file came after
+    the listing is looked for again, and a file without a row is an orphan only if the index still
+    does not know it afterwards and, when live, it is older than IN_FLIGHT_SECONDS (a file is
+    renamed into place a moment before its row commits)."""
     report = CheckReport()
     on_disk = {layout.relative(p) for p in layout.objects.rglob("*.dcm")}
     for rel, sha, _uid in index.all_files():
         report.checked += 1
-        if rel not in on_disk:
+        if rel not in on_disk and not layout.absolute(rel).exists():
             report.missing.append(rel)
         else:
             on_disk.discard(rel)
@@ -63,11 +69,23 @@ def check(layout: Layout, index: Index, verify_hashes: bool = True,
                 report.mismatched.append(rel)
         if progress:
             progress()
-    report.orphans = sorted(on_disk)
+    unknown = on_disk - index.known_paths(sorted(on_disk)) if on_disk else set()
+    report.orphans = sorted(rel for rel in unknown if not live or _settled(layout.absolute(rel)))
     counter, total = index.bytes_counted()  # the size quota's running total (rows.py)
     if counter != total:
         report.size_counter = (counter, total)
     return report
+
+
+IN_FLIGHT_SECONDS = 30.0
+
+
+def _settled(path: Path) -> bool:
+    """Older than a store in flight (or gone since the listing: then not an orphan either)."""
+    try:
+        return time.time() - path.stat().st_mtime > IN_FLIGHT_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def repair(layout: Layout, index: Index, report: CheckReport) -> None:

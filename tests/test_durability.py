@@ -4,7 +4,6 @@ node recovers by itself at start-up); repeated kills under concurrent load; clea
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import threading
@@ -15,25 +14,12 @@ import pytest
 from pydicom import dcmread
 
 from tests.support.datagen import write_ct_series
+from tests.support.dimse import acknowledged
 from tests.support.proc import need, run
 from tests.support.wait import wait_for
 
 
-def _acknowledged(storescu_log: str, files: list[Path]) -> list[Path]:
-    """Files storescu saw acknowledged with Success (it sends them in the order given)."""
-    acks: list[Path] = []
-    sending: Path | None = None
-    for line in storescu_log.splitlines():
-        m = re.search(r"Sending file: (\S+)", line)
-        if m:
-            sending = Path(m.group(1))
-        elif "Received Store Response (Success)" in line and sending is not None:
-            acks.append(sending)
-            sending = None
-    return acks
-
-
-def test_kill9_mid_transfer_loses_nothing_acknowledged(make_node, tmp_path: Path) -> None:
+def test_kill9_mid_transfer_loses_nothingacknowledged(make_node, tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "series", n=200, rows=256, cols=256)
     node = make_node()
     proc = subprocess.Popen([need("storescu"), "-v", "-aec", node.aet, "127.0.0.1", str(node.port), *map(str, files)],
@@ -47,7 +33,7 @@ def test_kill9_mid_transfer_loses_nothing_acknowledged(make_node, tmp_path: Path
     node.kill9()
     proc.wait(timeout=30)
     reader.join(timeout=10)
-    acked = _acknowledged("".join(log_lines), files)
+    acked = acknowledged("".join(log_lines), files)
     assert 60 <= len(acked) < 200, f"kill did not land mid-transfer ({len(acked)} acknowledged)"
 
     node.start()  # restart on the same archive
@@ -70,7 +56,9 @@ def test_sigterm_finishes_and_exits_zero(make_node, tmp_path: Path) -> None:
     node = make_node()
     proc = subprocess.Popen([need("storescu"), "-aec", node.aet, "127.0.0.1", str(node.port), *map(str, files)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    # SIGTERM once the association is under way (storescu reads its 100 files first: a fixed
+    # sleep lost that race on a loaded machine, and the request then found no listener)
+    wait_for(lambda: "INFO stored " in node.log(), 30, 0.01, message="the first object stored")
     code = node.stop(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert code == 0
@@ -101,7 +89,7 @@ def test_repeated_kills_under_load_need_no_repair(make_node, tmp_path: Path) -> 
         node.kill9()
         for p in procs:
             out, _ = p.communicate(timeout=60)
-            acked.update(_acknowledged(out, [f for files in folders for f in files]))
+            acked.update(acknowledged(out, [f for files in folders for f in files]))
         node.start()
         chk = node.cli("check", "--json", "--quick", check=False)
         report = json.loads(chk.stdout)

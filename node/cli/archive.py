@@ -222,12 +222,15 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
     """Compare the index with the files; exit 1 when they disagree."""
     from dicomnode.storage.check import check as run_check
     from dicomnode.storage.check import repair as run_repair
+    from dicomnode.storage.recovery import RunMarker
 
     arc = c.archive(c.settings(config, storage=storage, db=db))
     total = arc.index.stats()["instances"]
     with c.progress() as bar:
         task = bar.add_task("checking", total=total)
-        report = run_check(arc.layout, arc.index, verify_hashes=not quick, progress=lambda: bar.advance(task))
+        live = RunMarker(arc.layout).running_pid() is not None  # a serve storing while we look
+        report = run_check(arc.layout, arc.index, verify_hashes=not quick, progress=lambda: bar.advance(task),
+                           live=live)
     if repair and not report.consistent:
         run_repair(arc.layout, arc.index, report)
     if json_out:

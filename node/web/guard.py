@@ -6,10 +6,10 @@ the header count too) and the connections in all (limit_concurrency; beyond,
 half a request line and then nothing held every slot, and every other client
 got 503 (tried before this module). So:
 
-- Connections per client address are capped (`MAX_PER_HOST`); more are
-  closed at once, before they can take a slot.
-- A request's head must arrive whole within `HEAD_SECONDS` of the
-  connection (or of the previous response): a slowloris is cut off.
+- Connections per client address are capped (`[web] max_connections_per_host`);
+  more are closed at once, before they can take a slot.
+- A request's head must arrive whole within `[web] head_timeout` seconds of
+  the connection (or of the previous response): a slowloris is cut off.
 - A request body must keep coming: each chunk within `network_timeout`
   and, after `BODY_GRACE_SECONDS`, at no less than `MIN_BODY_RATE` bytes a
   second on average; otherwise 408 and the connection is closed.
@@ -29,10 +29,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("dicomnode")
 
-MAX_PER_HOST = 64
-HEAD_SECONDS = 15
+MAX_PER_HOST = 64  # [web] max_connections_per_host (configure())
+HEAD_SECONDS = 15  # [web] head_timeout
 BODY_GRACE_SECONDS = 30.0
 MIN_BODY_RATE = 1024  # bytes/s: a modem's worth; a real upload is far above it
+
+
+def configure(max_per_host: int, head_seconds: int) -> None:
+    """The settings' limits, for the protocol instances uvicorn makes (one process: the web side)."""
+    global MAX_PER_HOST, HEAD_SECONDS
+    MAX_PER_HOST, HEAD_SECONDS = max_per_host, head_seconds
 
 
 class GuardedH11(H11Protocol):

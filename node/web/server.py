@@ -39,10 +39,11 @@ def _main(settings: Settings, report: Any) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.http_host, settings.http_port))
         sock.listen(128)
+        guard.configure(settings.http_max_per_host, settings.http_head_timeout)
         app = create_app(settings)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                 ssl_certfile=settings.web_tls_cert or None, ssl_keyfile=settings.web_tls_key or None,
-                                timeout_keep_alive=guard.HEAD_SECONDS, limit_concurrency=256,
+                                timeout_keep_alive=settings.http_head_timeout, limit_concurrency=256,
                                 h11_max_incomplete_event_size=1 << 20, http=guard.GuardedH11)
         server = uvicorn.Server(config)
     except Exception as exc:  # not listening: serve says why and stops

@@ -253,8 +253,11 @@ class Index:
 
     def known_paths(self, paths: list[str]) -> set[str]:
         """Which of these archive-relative object paths the index lists."""
+        known: set[str] = set()
         with self.engine.connect() as conn:
-            return set(conn.scalars(select(INS.c.path).where(INS.c.path.in_(paths))))
+            for i in range(0, len(paths), 500):  # bound the IN list (SQLite's variable limit)
+                known.update(conn.scalars(select(INS.c.path).where(INS.c.path.in_(paths[i:i + 500]))))
+        return known
 
     def stored_files(self, sop_instance_uids: list[str]) -> dict[str, tuple[str, str, str]]:
         """SOP Instance UID -> (SOP Class UID, path, sha256) of those that are indexed."""

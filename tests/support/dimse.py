@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from pathlib import Path
@@ -83,3 +84,17 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
         return False
     except OSError:
         return True
+
+
+def acknowledged(storescu_log: str, files: list[Path]) -> list[Path]:
+    """Files `storescu -v` saw acknowledged with Success (it sends them in the order given)."""
+    acks: list[Path] = []
+    sending: Path | None = None
+    for line in storescu_log.splitlines():
+        m = re.search(r"Sending file: (\S+)", line)
+        if m:
+            sending = Path(m.group(1))
+        elif "Received Store Response (Success)" in line and sending is not None:
+            acks.append(sending)
+            sending = None
+    return acks
