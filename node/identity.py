@@ -56,9 +56,6 @@ class Users:
         self._pepper = secrets.token_bytes(32)
         self._verified: set[bytes] = set()
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._hashes
-
     def verify(self, name: str, password: str) -> bool:
         stored = self._hashes.get(name)
         if stored is None:

@@ -6,7 +6,7 @@ export, delete, anonymize), an `outcome` (success | failure), who (calling
 AE title, address, user) and what (study, series and SOP instance UIDs,
 counts, a reason). Every process of a node (the DIMSE listener, the web side,
 the worker, the CLI) appends to the same file: each record is one write() of
-a whole line to a file opened O_APPEND, under an flock that also serialises
+a whole line to a file kept open with O_APPEND, under an flock that also serialises
 rotation (at `max_bytes`, kept as audit.jsonl.1 ... .N, the oldest dropped).
 Writing never fails the work it records: a problem is logged once.
 """
@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,12 +31,20 @@ KEEP = 10
 
 
 class AuditLog:
+    """The trail of one archive, for this process. The file and the lock stay open between
+    records (a store costs one record: opening both each time was most of its cost); a
+    rotation by another process is noticed by the file's inode, under the lock."""
+
     def __init__(self, folder: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
         self.folder = folder
         self.path = folder / "audit.jsonl"
         self.max_bytes = max_bytes
         self.keep = keep
         self._warned = False
+        self._threads = threading.Lock()  # flock excludes processes, not the threads sharing its fd
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._inode = 0
 
     def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
         """Append one record; None values are left out."""
@@ -43,30 +52,38 @@ class AuditLog:
                  "outcome": outcome, **{k: v for k, v in fields.items() if v is not None and v != ""}}
         line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.folder / ".lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    self._rotate_if_full()
-                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                    try:
-                        os.write(fd, line)
-                    finally:
-                        os.close(fd)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+            with self._threads:
+                self._append(line)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
                 log.warning("audit log %s cannot be written: %s (further failures not logged)", self.path,
                             exc.strerror or exc)
 
-    def _rotate_if_full(self) -> None:
+    def _append(self, line: bytes) -> None:
+        if self._lock_fd is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            if self.path.stat().st_size < self.max_bytes:
-                return
-        except FileNotFoundError:
-            return
+            try:
+                st: os.stat_result | None = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_size >= self.max_bytes:
+                self._rotate()
+                st = None
+            if self._fd is not None and (st is None or st.st_ino != self._inode):  # rotated (here or elsewhere)
+                os.close(self._fd)
+                self._fd = None
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._inode = os.fstat(self._fd).st_ino
+            os.write(self._fd, line)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _rotate(self) -> None:
         for i in range(self.keep - 1, 0, -1):
             older = self.folder / f"audit.jsonl.{i}"
             if older.exists():

@@ -148,7 +148,7 @@ class Quota:
         """
         over, adm = self._over(a, set())
         if over is not None and self._flight:
-            over, adm = self._over(a, self.index.indexed_instances([f.sop_instance for f, _ in self._flying()]))
+            over, adm = self._over(a, set(self.index.stored_files([f.sop_instance for f, _ in self._flying()])))
         return over, adm
 
     def _flying(self) -> list[tuple[Arrival, Admission]]:

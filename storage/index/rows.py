@@ -310,11 +310,6 @@ class Index:
         with self.db.writing_connection() as conn:
             conn.execute(update(CNT).where(CNT.c.name == "archive_bytes").values(value=total))
 
-    def indexed_instances(self, sop_instance_uids: list[str]) -> set[str]:
-        """Which of these SOP Instance UIDs the index holds."""
-        with self.engine.connect() as conn:
-            return set(conn.scalars(select(INS.c.SOPInstanceUID).where(INS.c.SOPInstanceUID.in_(sop_instance_uids))))
-
     def footprint(self, study_uid: str, patient: tuple[str, str]) -> tuple[int, bool, bool]:
         """(the archive's size, whether the study is indexed, whether the patient (PatientID,
         Issuer) is): what admitting an object asks, in one statement."""
