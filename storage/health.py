@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -84,3 +84,26 @@ def snapshot(arc: Archive, min_free_bytes: int) -> Snapshot:
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def arrivals_and_findings(arc: Archive, since: datetime) -> dict[str, object]:
+    """What arrived since `since` (naive UTC) and what the analysis reports found over the whole
+    archive: instances with errors or warnings, and how often each finding code occurs (the codes
+    are kept comma-joined per instance; only analysed instances with findings are read)."""
+    with arc.db.engine.connect() as conn:
+        received = conn.execute(select(func.count(Instance.id)).where(Instance.received_at >= since)).scalar_one()
+        analysed, errors, warnings = conn.execute(select(
+            func.count(Instance.analyzed_at), func.count(Instance.id).filter(Instance.finding_errors > 0),
+            func.count(Instance.id).filter(Instance.finding_warnings > 0))).one()
+        codes: dict[str, int] = {}
+        for (joined,) in conn.execute(select(Instance.finding_codes).where(Instance.finding_codes != "")):
+            for code in (joined or "").split(","):
+                if code:
+                    codes[code] = codes.get(code, 0) + 1
+    return {"received": int(received), "since": since.isoformat() + "Z", "analysed": int(analysed),
+            "with_errors": int(errors), "with_warnings": int(warnings),
+            "codes": dict(sorted(codes.items(), key=lambda kv: -kv[1]))}
+
+
+def start_of_day(t: datetime) -> datetime:
+    return t - timedelta(hours=t.hour, minutes=t.minute, seconds=t.second, microseconds=t.microsecond)

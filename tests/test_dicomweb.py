@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from tests.support.datagen import write_ct_series
-from tests.support.node import Node
+from tests.support.node import Node, storescu
 
 REAL = ("JPEG2000.dcm", "MR_small_bigendian.dcm", "CT_small.dcm", "SC_rgb_rle_2frame.dcm", "examples_ybr_color.dcm")
 
@@ -75,6 +75,38 @@ def test_paging_to_the_end(loaded: dict) -> None:
         seen += [i["00080018"]["Value"][0] for i in page]
         offset += 3
     assert sorted(seen) == sorted(loaded["datasets"]) and len(seen) == len(set(seen))
+
+
+def test_orderby_pages_in_sql_and_the_sending_ae(web: Node, loaded: dict, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """QIDO extensions of the viewer's study list: `orderby` (dcm4chee's), pages cut in SQL, and
+    SourceApplicationEntityTitle as a study key (the calling AE titles of its instances)."""
+    c: DICOMwebClient = loaded["client"]
+
+    def names(**filters: str) -> list[str]:
+        found = c.search_for_studies(search_filters=filters)
+        return [(s["00100010"].get("Value") or [{}])[0].get("Alphabetic", "") for s in found]
+
+    up, down = names(orderby="PatientName"), names(orderby="-PatientName")
+    filled = [n for n in up if n]
+    assert filled == sorted(filled) and up[len(filled):] == [""] * (len(up) - len(filled))  # empty names last
+    assert [n for n in down if n] == sorted(filled, reverse=True)
+    paged = [n for off in range(0, len(up), 2) for n in names(orderby="PatientName", limit="2", offset=str(off))]
+    assert paged == up
+    counts = [s["00201208"]["Value"][0] for s in c.search_for_studies(search_filters={"orderby": "-NumberOfStudyRelatedInstances"})]
+    assert counts == sorted(counts, reverse=True)
+    status, _, body = _request(web, "GET", "/studies?orderby=StudyComments")
+    assert status == 400 and b"orderby" in body
+    # the sending AE title (on a node of its own: the shared one's holdings are the other tests')
+    other = make_node("sender", web=True)
+    one = write_ct_series(tmp_path / "sent", n=1, rows=8, cols=8, patient_id="SENT1")
+    two = write_ct_series(tmp_path / "sent2", n=1, rows=8, cols=8, patient_id="SENT2")
+    assert storescu(other, *one, calling="SENDERX").returncode == 0
+    assert storescu(other, *two, calling="OTHERAE").returncode == 0
+    c = DICOMwebClient(url=other.dicomweb)
+    found = c.search_for_studies(search_filters={"SourceApplicationEntityTitle": "SENDERX"})
+    assert [s["00100020"]["Value"][0] for s in found] == ["SENT1"]
+    assert found[0]["00020016"]["Value"] == ["SENDERX"]
+    assert c.search_for_studies(search_filters={"SourceApplicationEntityTitle": "NOBODY"}) == []
 
 
 def test_retrieve_sends_the_stored_bytes(web: Node, loaded: dict) -> None:

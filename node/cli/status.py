@@ -5,72 +5,25 @@ and never takes the run marker's lock (a starting `serve` must get it)."""
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from dicomnode.errors import ArchiveError
-from dicomnode.node import metrics, services
+from dicomnode.node import status as node_status
 from dicomnode.node.cli import common as c
 from dicomnode.node.cli.common import ConfigOpt, DbOpt, JsonOpt, StorageOpt
 from dicomnode.storage import health
-from dicomnode.storage.archive.layout import Layout
-from dicomnode.storage.recovery import RunMarker
 
 
 def status(config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Running or not, ready or not (index, free disk), counts, jobs, last arrival; exit 1 unless running and ready."""
-    s = c.settings(config, storage=storage, db=db)
-    layout = Layout(s.storage_path.expanduser().resolve())
-    pid = RunMarker(layout).running_pid()
-    try:
-        snap = health.snapshot(services.archive(s), s.min_free_mb * health.MB)
-    except ArchiveError as exc:  # no archive there, or an index that cannot be opened
-        snap = health.Snapshot(health.free_bytes(layout), s.min_free_mb * health.MB, str(exc))
-    problems = ([] if pid else ["the node is not running"]) + snap.problems
-    report: dict[str, Any] = {
-        "ready": not problems, "problems": problems, "running": pid is not None, "pid": pid,
-        "archive": str(layout.root), "index": {"up": snap.index_error is None, "error": snap.index_error},
-        "disk": {"free_bytes": snap.free_bytes, "min_free_bytes": snap.min_free_bytes},
-        **snap.counts, "jobs": snap.jobs,
-        "last_received_at": snap.last_received_at.replace(tzinfo=UTC).isoformat() if snap.last_received_at else None,
-        # what this run counted, when there is a run (a stopped node's files are a past run's)
-        **(_counted(metrics.read(layout.metrics)) if pid else {}),
-    }
+    report = node_status.report(c.settings(config, storage=storage, db=db))
     if json_out:
         c.emit_json(report)
     else:
         _print(report)
-    raise typer.Exit(c.EXIT_OK if not problems else c.EXIT_FAIL)
-
-
-def _counted(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, Any]:
-    """The run's counters, summed over the labels an operator does not need here."""
-
-    def by(name: str, *keys: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for labels, value in samples.get(name, []):
-            if not keys:
-                out["all"] = out.get("all", 0) + int(value)
-                continue
-            level = out
-            for k in keys[:-1]:
-                level = level.setdefault(labels[k], {})
-            level[labels[keys[-1]]] = level.get(labels[keys[-1]], 0) + int(value)
-        return out
-
-    return {
-        "listeners": [{"kind": lb["kind"], "address": lb["address"]} for lb, v in samples.get("dicomnode_listener", [])
-                      if v],
-        "associations_open": by("dicomnode_associations_open").get("all", 0),
-        "associations": by("dicomnode_associations_total").get("all", 0),
-        "associations_rejected": by("dicomnode_associations_rejected_total").get("all", 0),
-        "received_objects": by("dicomnode_received_objects_total", "status"),
-        "received_bytes": by("dicomnode_received_bytes_total", "status"),
-        "job_outcomes": by("dicomnode_jobs_total", "action", "outcome"),
-    }
+    raise typer.Exit(c.EXIT_OK if report["ready"] else c.EXIT_FAIL)
 
 
 def _print(r: dict[str, Any]) -> None:

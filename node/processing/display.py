@@ -127,16 +127,23 @@ def has_pixel_data(path: Path) -> bool:
 def frames(path: Path, window: Window | None = None, indices: list[int] | None = None) -> Iterator[Frame]:
     """Display-ready frames of a file; DisplayError when no decoder can read it."""
     ds = header(path)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    for i, arr in decoded(path, ds, indices):
+        yield _display(arr, ds, photometric, window, i)
+
+
+def decoded(path: Path, ds: Dataset, indices: list[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, stored values) of the frames, colour as RGB: pydicom's decoders, then the fallbacks
+    of _iter; DisplayError when none can read the pixel data."""
     if not has_pixel_data(path):
         raise DisplayError("no Pixel Data (not an image)")
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     produced = False
     last_error: Exception | None = None
     for plugin in ("", "gdcm", "frame-by-index", "whole-dataset"):
         try:
             for i, arr in zip(indices or range(frame_count(ds)), _iter(path, plugin, indices)):
                 produced = True
-                yield _display(arr, ds, photometric, window, i)
+                yield i, arr
             return
         except DisplayError:
             raise
@@ -148,6 +155,74 @@ def frames(path: Path, window: Window | None = None, indices: list[int] | None =
     name = getattr(ts, "name", str(ts))
     raise DisplayError(f"no decoder can read this pixel data ({name}): "
                        f"{type(last_error).__name__}: {last_error}")
+
+
+def modality_values(path: Path, index: int) -> tuple[Dataset, np.ndarray]:
+    """The header and frame `index` in modality units (HU for CT): the Modality LUT applied, as the
+    display chain applies it; colour frames as they are (RGB)."""
+    ds = header(path)
+    _, arr = next(decoded(path, ds, [index]))
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return ds, apply_color_lut(arr, ds)
+    if arr.ndim == 3:
+        return ds, arr
+    return ds, np.asarray(apply_modality_lut(arr, frame_dataset(ds, index)), dtype=np.float64)
+
+
+def frame_dataset(ds: Dataset, index: int) -> Dataset:
+    """`ds`, or for an enhanced multi-frame object whose rescale and window live in functional
+    groups (PS3.3 C.7.6.16: Pixel Value Transformation, Frame VOI LUT), a copy with the frame's
+    values at the top level, where pydicom's LUT functions look for them."""
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        return ds
+    found: dict[str, object] = {}
+    for groups in (_item(ds, "SharedFunctionalGroupsSequence", 0), _item(ds, "PerFrameFunctionalGroupsSequence", index)):
+        for seq, keywords in (("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept", "RescaleType")),
+                              ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth", "VOILUTFunction"))):
+            item = _item(groups, seq, 0) if groups is not None else None
+            for kw in keywords:
+                if item is not None and kw in item and kw not in ds:
+                    found[kw] = item[kw].value  # per-frame values, read second, win over shared ones
+    if not found:
+        return ds
+    out = Dataset()
+    out.update({elem.tag: elem for elem in ds if elem.tag < 0x52000000})  # top level, without the big groups
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    for kw, v in found.items():
+        setattr(out, kw, v)
+    return out
+
+
+def pixel_spacing(ds: Dataset, index: int = 0) -> tuple[float, float, str] | None:
+    """(row spacing, column spacing, where) in mm: Pixel Spacing of the frame (the functional
+    groups of an enhanced object, else the data set), where = "patient"; else Imager Pixel Spacing,
+    where = "detector" (measured at the detector plane, not in the patient: PS3.3 10.7.1.3).
+    None when the object says neither."""
+    def pair(value: object) -> tuple[float, float] | None:
+        try:
+            r, c = (float(v) for v in value)  # type: ignore[attr-defined]
+            return (r, c) if r > 0 and c > 0 else None
+        except (TypeError, ValueError):
+            return None
+
+    for groups in (_item(ds, "PerFrameFunctionalGroupsSequence", index), _item(ds, "SharedFunctionalGroupsSequence", 0)):
+        measures = _item(groups, "PixelMeasuresSequence", 0) if groups is not None else None
+        found = pair(measures.get("PixelSpacing")) if measures is not None else None
+        if found:
+            return (*found, "patient")
+    for keyword, where in (("PixelSpacing", "patient"), ("ImagerPixelSpacing", "detector")):
+        found = pair(ds.get(keyword))
+        if found:
+            return (*found, where)
+    return None
+
+
+def _item(ds: Dataset, keyword: str, index: int) -> Dataset | None:
+    try:
+        return ds[keyword].value[index]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 
 def _iter(path: Path, plugin: str, indices: list[int] | None) -> Iterator[np.ndarray]:
@@ -168,6 +243,7 @@ def _iter(path: Path, plugin: str, indices: list[int] | None) -> Iterator[np.nda
 
 
 def _display(arr: np.ndarray, ds: Dataset, photometric: str, window: Window | None, index: int) -> Frame:
+    ds = frame_dataset(ds, index)
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         return Frame(index, _to_uint8(rgb, _lut_bits(ds)), True)

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomnode.node.identity import TokenRefused, Tokens, Users, token_user
 from dicomnode.node.settings import Settings
+from dicomnode.node.web import console
 
 JSON_TYPES = (b"application/dicom+json", b"application/json")
 # Probes (node/web/health.py): load balancers and orchestrators call them without credentials, and
@@ -49,9 +50,14 @@ class Access:
         if scope["method"] == "OPTIONS" and headers.get("access-control-request-method"):
             await self._preflight(send, allowed)
             return
-        why = None if scope["path"] in OPEN_PATHS else self._refusal(headers, scope)
+        path = scope["path"]
+        why = None if path in OPEN_PATHS or console.is_open(path) else self._refusal(headers, scope)
         if why is not None:
-            await _plain(send, 401, why, {"WWW-Authenticate": self._challenge()}, allowed)
+            challenge = self._challenge()
+            if headers.get("x-dicomnode-login"):
+                # the viewer's own requests: its sign-in page asks, not the browser's Basic dialog
+                challenge = "Form" + challenge
+            await _plain(send, 401, why, {"WWW-Authenticate": challenge}, allowed)
             return
         gzip_ok = "gzip" in headers.get("accept-encoding", "")
         await self.app(scope, receive, _Packer(send, allowed, gzip_ok).send)
@@ -92,7 +98,7 @@ class Access:
         await _plain(send, 204, "", {
             "Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type",
+            "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type, X-Dicomnode-Login",
             "Access-Control-Max-Age": "600"}, None)
 
 

@@ -1,4 +1,5 @@
-"""The HTTP side: DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web, one Starlette app.
+"""The HTTP side: DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web and the browser viewer
+and console on it (console.py), one Starlette app.
 
 Routes are thin: each calls the archive's own functions (storage/query for
 searches, the ingest path for STOW, the stored files for WADO). The app runs
@@ -12,11 +13,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from dicomnode.node import services
 from dicomnode.node.settings import Settings
-from dicomnode.node.web import access, guard, health, pictures, qido, stow, wado
+from dicomnode.node.web import access, console, guard, health, pictures, qido, stow, wado
 from dicomnode.node.web.context import BASE, Problem, Web, problem
 
 STUDY = BASE + "/studies/{study}"
@@ -24,7 +25,7 @@ SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
 
 
-def routes() -> list[Route]:
+def routes() -> list[Route | Mount]:
     return [
         # QIDO-RS
         Route(BASE + "/studies", qido.search, methods=["GET"]),
@@ -60,6 +61,8 @@ def routes() -> list[Route]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.scrape, methods=["GET"]),
+        # the viewer and operator console (pages, their static files, /api)
+        *console.routes(),
     ]
 
 

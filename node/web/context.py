@@ -52,5 +52,6 @@ class Problem(Exception):
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error with its reason: a JSON object {"error": ...}, and the reason in a Warning header too."""
     body = json.dumps({"error": message}, ensure_ascii=False).encode()
-    warning = {"Warning": f'299 dicomnode: "{message[:200]}"'.encode("ascii", "replace").decode()}
+    one_line = " ".join(message.split())[:200].replace('"', "'")  # a header value: no line breaks, no quotes
+    warning = {"Warning": f'299 dicomnode: "{one_line}"'.encode("ascii", "replace").decode()}
     return Response(body, status_code=status, media_type="application/json", headers={**warning, **(headers or {})})

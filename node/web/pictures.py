@@ -34,7 +34,8 @@ class BadParameter(ValueError):
     pass
 
 
-def _params(request: Request) -> dict[str, Any]:
+def rendering_params(request: Request) -> dict[str, Any]:
+    """window=, viewport= and quality= of a rendering request (also the processing route's window)."""
     q = request.query_params
     out: dict[str, Any] = {"window": None, "viewport": None, "quality": 90}
     if q.get("window"):
@@ -72,7 +73,7 @@ def _picture_type(request: Request, allowed: tuple[str, ...] = PICTURES) -> str 
 async def rendered(request: Request) -> Response:
     web, rows = await named(request, "no such study, series or instance in the archive")
     try:
-        p = _params(request)
+        p = rendering_params(request)
     except BadParameter as exc:
         return problem(400, str(exc))
     frame_list = request.path_params.get("frames")

@@ -41,7 +41,7 @@ from dicomnode.storage.query.identifier import (
 from dicomnode.storage.query.identifier import (
     Request as Search,
 )
-from dicomnode.storage.query.sql import run
+from dicomnode.storage.query.sql import run, select_for
 
 # PS3.18 Tables 10.6.3-3, -4, -5: what every match carries without being asked
 DEFAULTS = {
@@ -54,7 +54,7 @@ DEFAULTS = {
     "IMAGE": ["SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "InstanceNumber", "Rows", "Columns",
               "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID"],
 }
-CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+CONTROL = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
 MAX_PARAMETERS = 200
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
@@ -70,6 +70,14 @@ async def search(request: Request) -> Response:
     ident: Dataset = query["identifier"]
     try:
         req = parse_identifier(ident, "STUDY", web.settings.pn_case_insensitive, hierarchical=False)
+        req.query.order = query["order"]
+        if not req.query.needs_header and not req.sequences:
+            # every row the cursor gives is a match: the page is cut in SQL, so page 200 of a
+            # large archive costs what page 1 costs (one row more tells whether there is more)
+            req.query.offset, offset = offset, 0
+            req.query.limit = None if limit is None else limit + 1
+        if req.query.order:
+            _ = select_for(req.query, web.archive.db.dialect)  # an unsortable key: 400 now, not mid-stream
     except QueryError as exc:
         return problem(400, str(exc))
     base = web.base_url(request)
@@ -217,6 +225,7 @@ def _identifier(level: str, request: Request) -> dict[str, Any]:
     limit: int | None = None
     offset = 0
     everything = False
+    order: list[tuple[str, bool]] = []
     for key, value in items:
         if key == "includefield":
             for name in value.split(","):
@@ -231,6 +240,12 @@ def _identifier(level: str, request: Request) -> dict[str, Any]:
                 limit = int(value)
             else:
                 offset = int(value)
+        elif key == "orderby":  # dcm4chee's extension: orderby=-StudyDate,PatientName
+            for name in value.split(","):
+                name = name.strip()
+                if name:
+                    order.append((_keyword(name.lstrip("-")), name.startswith("-")))
+                    include.append(_keyword(name.lstrip("-")))
         elif key == "fuzzymatching":
             continue  # names already match regardless of case and accents: nothing fuzzier is offered
         else:
@@ -246,7 +261,7 @@ def _identifier(level: str, request: Request) -> dict[str, Any]:
         for name in (*DEFAULTS["STUDY"], *DEFAULTS["SERIES"], *DEFAULTS["IMAGE"]):
             if name not in ds and (level != "STUDY" or name not in DEFAULTS["IMAGE"]):
                 _put(ds, name, "")
-    return {"identifier": ds, "limit": limit, "offset": offset}
+    return {"identifier": ds, "limit": limit, "offset": offset, "order": order}
 
 
 def _keyword(name: str) -> str:

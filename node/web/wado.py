@@ -23,6 +23,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomnode.errors import DisplayError
 from dicomnode.node.web import dicomjson, multipart
 from dicomnode.node.web.context import DICOM_JSON, Problem, Web, problem
 from dicomnode.node.web.negotiation import MediaRange, parse_accept
@@ -181,10 +182,13 @@ class PixelData:
         ds = header.ds
         self.path = path
         self.syntax = UID(header.transfer_syntax)
-        self.frames = int(ds.get("NumberOfFrames") or 1)
-        self.frame_bytes = (int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)
-                            * int(ds.get("SamplesPerPixel") or 1) * int(ds.get("BitsAllocated") or 0)) // 8
-        self.bits = int(ds.get("BitsAllocated") or 0)
+        try:
+            self.frames = int(ds.get("NumberOfFrames") or 1)
+            self.frame_bytes = (int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)
+                                * int(ds.get("SamplesPerPixel") or 1) * int(ds.get("BitsAllocated") or 0)) // 8
+            self.bits = int(ds.get("BitsAllocated") or 0)
+        except (TypeError, ValueError) as exc:  # e.g. Number of Frames "1A"
+            raise LookupError(f"the image attributes cannot be read: {exc}") from None
         with open(path, "rb") as f:
             f.seek(header.end)
             head = f.read(12)
@@ -226,10 +230,11 @@ class PixelData:
             return get_frame(f, i, number_of_frames=self.frames)
 
     def decoded_frame(self, i: int) -> bytes:
-        """Frame i decoded to uncompressed little endian bytes (colour as RGB)."""
-        from pydicom.pixels import pixel_array
+        """Frame i decoded to uncompressed little endian bytes (colour as RGB), by the decoders of the
+        display pipeline (pydicom's, then GDCM's); DisplayError when none can."""
+        from dicomnode.node.processing import display
 
-        arr = pixel_array(self.path, index=i)
+        _, arr = next(display.decoded(self.path, display.header(self.path), [i]))
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
@@ -265,7 +270,11 @@ async def frames(request: Request) -> Response:
     else:
         ctype = f"{OCTETS}; transfer-syntax={ExplicitVRLittleEndian}"
         read = px.decoded_frame if px.encapsulated else px.native_frame
-    parts = ((ctype, _lazy(read, n - 1)) for n in numbers)
+    try:  # the first frame before the answer starts: an object no decoder reads is a 422, not a cut stream
+        first = await anyio.to_thread.run_sync(read, numbers[0] - 1)
+    except (DisplayError, LookupError) as exc:
+        return problem(422 if isinstance(exc, DisplayError) else 404, str(exc))
+    parts = ((ctype, [first] if k == 0 else _lazy(read, n - 1)) for k, n in enumerate(numbers))
     return StreamingResponse(multipart.write(parts, boundary),
                              media_type=multipart.content_type(ctype.split(";")[0], boundary))
 

@@ -36,7 +36,7 @@ CHARSET = 0x00080005
 RETRIEVE_AET = 0x00080054
 AVAILABILITY = 0x00080056
 SPECIAL = (QUERY_LEVEL, CHARSET, RETRIEVE_AET, AVAILABILITY)
-AGGREGATES = ("ModalitiesInStudy", "SOPClassesInStudy")
+AGGREGATES = ("ModalitiesInStudy", "SOPClassesInStudy", "SourceApplicationEntityTitle")
 MAX_KEY_NESTING = 8  # sequence matching within sequences: deeper identifiers are refused (0xA900)
 
 

@@ -37,6 +37,9 @@ COMPUTED = {
     "ModalitiesInStudy": "STUDY",
     "SOPClassesInStudy": "STUDY",
     "NumberOfSeriesRelatedInstances": "SERIES",
+    # who sent the study: the calling AE titles of its instances (the file meta element that
+    # records them), matched when any instance's sender matches
+    "SourceApplicationEntityTitle": "STUDY",
 }
 # Date and time keys that match as one date-time range when both are given (PS3.4 C.2.2.2.5.1).
 DATE_TIME_PAIRS = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"), ("ContentDate", "ContentTime"),
@@ -63,6 +66,12 @@ class Query:
     model: str  # PATIENT (Patient Root) or STUDY (Study Root)
     level: str
     keys: list[Key] = field(default_factory=list)
+    # an order other than arrival (QIDO's `orderby`, as dcm4chee offers it): (keyword, descending),
+    # each an index or computed key of the query; and a page cut in SQL (only when no key is
+    # matched against stored headers, which happens after the cursor)
+    order: list[tuple[str, bool]] = field(default_factory=list)
+    limit: int | None = None
+    offset: int = 0
 
     def by_source(self, source: str) -> list[Key]:
         return [k for k in self.keys if k.source == source]
@@ -159,7 +168,24 @@ def select_for(q: Query, dialect: str = "sqlite", extra_columns: bool = True) ->
     where = [w for w in (_where(k, dialect, combined) for k in q.keys
                          if k.condition is not None and k.source in ("index", "computed")) if w is not None]
     where += _date_time_ranges(q, dialect, combined)
-    return (stmt.where(and_(*where)) if where else stmt).order_by(base.c.id)
+    stmt = stmt.where(and_(*where)) if where else stmt
+    by = {k.keyword: k for k in q.keys if k.source in ("index", "computed")}
+    for keyword, descending in q.order:
+        if keyword not in by:
+            raise QueryError(f"orderby {keyword}: not a key this level can be sorted by")
+        k = by[keyword]
+        if k.source == "index":
+            col: Any = TABLES[k.table_level].c[keyword]  # type: ignore[index]
+            numeric = keyword in integer_columns(LEVELS[k.table_level])  # type: ignore[index]
+        else:
+            col, numeric = _computed(keyword, dialect), keyword.startswith("Number")
+        # empty values last either way, as a reader of a sorted list expects
+        empty = col.is_(None) if numeric else func.coalesce(col, "") == ""
+        stmt = stmt.order_by(empty, col.desc() if descending else col.asc())
+    stmt = stmt.order_by(base.c.id)
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    return stmt.offset(q.offset) if q.offset else stmt
 
 
 def run(conn: Connection, q: Query, dialect: str = "sqlite", batch: int = 500) -> Iterator[dict[str, Any]]:
@@ -329,6 +355,9 @@ def _computed(keyword: str, dialect: str) -> Any:
     if keyword == "SOPClassesInStudy":
         return (select(_aggregate(ins.c.SOPClassUID, dialect)).select_from(ins_of_ser)
                 .where(ser_in_study).correlate(STU).scalar_subquery())
+    if keyword == "SourceApplicationEntityTitle":
+        return (select(_aggregate(ins.c.calling_aet, dialect)).select_from(ins_of_ser)
+                .where(ser_in_study).correlate(STU).scalar_subquery())
     if keyword == "NumberOfPatientRelatedStudies":
         return select(func.count(stu.c.id)).where(stu.c.patient_pk == PAT.c.id).correlate(PAT).scalar_subquery()
     if keyword == "NumberOfPatientRelatedSeries":
@@ -351,6 +380,10 @@ def _computed_match(k: Key, dialect: str) -> ColumnElement[bool] | None:
     if k.keyword == "SOPClassesInStudy":
         return exists(select(ins.c.id).select_from(ins.join(ser, ins.c.series_pk == ser.c.id))
                       .where(ser.c.study_pk == STU.c.id, text_match(ins.c.SOPClassUID, cond, dialect))
+                      .correlate(STU))
+    if k.keyword == "SourceApplicationEntityTitle":
+        return exists(select(ins.c.id).select_from(ins.join(ser, ins.c.series_pk == ser.c.id))
+                      .where(ser.c.study_pk == STU.c.id, text_match(ins.c.calling_aet, cond, dialect))
                       .correlate(STU))
     return None  # matching on counts is not supported: returned, not matched
 

@@ -110,3 +110,38 @@ def pydicom_test_files() -> list[Path]:
 
     folder = Path(pydicom.__file__).parent / "data" / "test_files"
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ""))
+
+
+def write_phantom_ct(folder: Path, n: int, rows: int = 128, cols: int = 128, spacing: float = 0.5, seed: int = 3,
+                     patient_name: str = "Phantom^Viewer", patient_id: str = "PHANTOM", study_date: str = "20240115",
+                     ) -> tuple[list[Path], np.ndarray]:
+    """A CT series with known values: air (-1000 HU) around a soft-tissue square (40 HU, SD 12) in
+    rows/cols 1/4..3/4 and a bone disc (700 HU) inside it; Pixel Spacing `spacing` mm, window 40/400,
+    slices 2.5 mm apart along z. Returns the files and the first slice's HU."""
+    rng = np.random.default_rng(seed)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    paths, first = [], None
+    for i in range(n):
+        hu = np.full((rows, cols), -1000, dtype=np.int32)
+        square = (slice(rows // 4, 3 * rows // 4), slice(cols // 4, 3 * cols // 4))
+        hu[square] = np.rint(rng.normal(40, 12, size=(rows // 2, cols // 2))).astype(np.int32)
+        hu[(yy - rows // 2) ** 2 + (xx - cols // 2) ** 2 <= (rows // 10) ** 2] = 700
+        ds = ct_dataset(patient_id, study_uid, series_uid, i + 1, rows, cols, rng, patient_name, study_date)
+        ds.PixelData = (hu + 1024).astype(np.uint16).tobytes()
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = 2.5
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-cols * spacing / 2, -rows * spacing / 2, i * 2.5]
+        ds.SliceLocation = i * 2.5
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.StudyDescription = "Phantom for the viewer"
+        ds.SeriesDescription = "Axial 2.5 mm"
+        p = folder / f"{i:05d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+        if first is None:
+            first = hu
+    assert first is not None
+    return paths, first
