@@ -8,6 +8,7 @@ refused at start-up with the setting's name rather than found later.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -135,6 +136,9 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
 def _validate(s: Settings) -> None:
     if not 1 <= len(s.aet) <= 16:
         raise ConfigError(f"aet {s.aet!r}: an AE title has 1 to 16 characters")
+    if s.uid_root and (len(s.uid_root) > 40 or not re.fullmatch(r"[1-9]\d*(\.(0|[1-9]\d*))*", s.uid_root.rstrip("."))):
+        raise ConfigError(f"uid_root {s.uid_root!r}: digits and dots, no leading zeros, at most 40 characters "
+                          "(e.g. 1.2.826.0.1.3680043.10.999)")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"port {s.port}: not a TCP port")
     if s.duplicate_policy not in ("keep", "overwrite", "reject"):

@@ -58,6 +58,8 @@ class Rule:
 @dataclass
 class Settings:
     aet: str = _setting("node", "DICOMNODE", "this node's AE title")
+    uid_root: str = _setting("node", "", "UID root of objects the node creates (dicomnode create); empty = "
+                             "2.25 UIDs derived from random UUIDs (PS3.5 B.2)")
     host: str = _setting("network", "127.0.0.1", "address to listen on (loopback unless told otherwise)")
     port: int = _setting("network", 11112, "TCP port to listen on")
     max_associations: int = _setting("network", 32, "associations open at once, counted from their request on")

@@ -45,7 +45,8 @@ def test_every_instance_is_analysed_on_arrival(node, tmp_path: Path) -> None:
     assert "PIXEL_DATA_SHORT" in problems[0]["finding_codes"]
     show = json.loads(node.cli("show", bad.SOPInstanceUID, "--json").stdout)
     assert Path(show["analysis_report"]).is_file()
-    assert "queue:" in node.log()
+    # the node logs the queue's depth when it has changed, every QUEUE_LOG_SECONDS
+    wait_for(lambda: "queue:" in node.log(), 30, 0.2, message="the queue's depth in the log")
 
 
 def test_jobs_survive_kill9(make_node, tmp_path: Path) -> None:

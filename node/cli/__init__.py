@@ -6,6 +6,7 @@
     files.py     analyze, anonymize, convert
     web.py       hash-password
     status.py    status (running, ready, what the node holds and counted)
+    media.py     export dicomdir, ls-media
     common.py    what they share: options, exit codes, settings and archive loading, output
 
 Each topic module defines plain functions and registers them here; none of
@@ -22,12 +23,12 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.node.cli import archive, audit, files, jobs, remote, status, web
+from dicomnode.node.cli import archive, audit, files, jobs, media, remote, status, web
 from dicomnode.node.cli.common import EXIT_FAIL, err, error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dicomnode: a DICOM node that never loses an image.")
-for topic in (archive, remote, files, jobs, web, audit, status):
+for topic in (archive, remote, files, jobs, web, audit, status, media):
     topic.register(app)
 
 

@@ -4,7 +4,7 @@ unprotect, check."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -50,15 +50,15 @@ def serve(
     raise typer.Exit(code)
 
 
-def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive)")],
+def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (recursive); a DICOMDIR, or a "
+                                                      "folder holding one: the files it references")],
             config: ConfigOpt = None, storage: StorageOpt = None, db: DbOpt = None,
             force: Annotated[bool, typer.Option("--force", help="accept files without preamble/meta")] = False,
             json_out: JsonOpt = False) -> None:
     """Put local files into the archive through the same ingest path as C-STORE."""
     s = c.settings(config, storage=storage, db=db)
     ing = services.ingester(s, c.archive(s, create=True))
-    inputs = services.collect_files(paths)
-    rows = c.unreadable_rows(inputs)
+    inputs, rows = _inputs(paths)
     with c.progress() as bar:
         task = bar.add_task("importing", total=len(inputs.files))
         for f in inputs.files:
@@ -68,6 +68,37 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="files or folders (
                          "status": f"0x{o.status:04X}", "comment": o.comment})
             bar.advance(task)
     c.summary_exit(rows, "import", "imported", json_out)
+
+
+def _inputs(paths: list[Path]) -> tuple[services.Inputs, list[dict[str, Any]]]:
+    """The files to import, and rows for what will not be: media (a DICOMDIR, or a folder with one
+    at its top) give the files their records reference; referenced files that are missing or
+    outside the file-set fail, files no record names are listed as skipped."""
+    from dicomnode.node.media import dicomdir
+
+    inputs = services.Inputs()
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        found = dicomdir.find_dicomdir(p)
+        if found is None:
+            got = services.collect_files([p])
+            inputs.files += got.files
+            inputs.unreadable += got.unreadable
+            continue
+        try:
+            media = dicomdir.read_media(found)
+        except dicomdir.MediaError as exc:
+            rows.append({"path": str(found), "state": "failed", "status": "", "comment": str(exc)})
+            continue
+        inputs.files += media.files
+        for why, items in (("referenced by the DICOMDIR but missing", media.missing),
+                           ("a Referenced File ID outside the file-set or malformed: refused", media.unsafe)):
+            rows += [{"path": f"{found.parent / f}", "state": "failed", "status": "", "comment": why} for f in items]
+        rows += [{"path": str(found), "state": "failed", "status": "", "comment": problem} for problem in media.problems]
+        rows += [{"path": str(f), "state": "skipped", "status": "", "comment": "no DICOMDIR record references it"}
+                 for f in media.unreferenced]
+        rows += [{"path": str(f), "state": "skipped", "status": "", "comment": "not DICOM"} for f in media.not_dicom]
+    return inputs, c.unreadable_rows(inputs) + rows
 
 
 LEVEL_NAMES = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}

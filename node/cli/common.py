@@ -179,20 +179,25 @@ def status_table(rows: list[dict[str, Any]], what: str) -> None:
     for col in ("path", "state", "status", "comment"):
         t.add_column(col, overflow="fold")
     for r in shown:
-        style = {"success": "green", "warning": "yellow"}.get(r["state"], "red")
+        style = {"success": "green", "warning": "yellow", "skipped": "yellow"}.get(r["state"], "red")
         t.add_row(r["path"], f"[{style}]{r['state']}[/]", r["status"] or "", r["comment"])
     out.print(t)
 
 
 def summary_exit(rows: list[dict[str, Any]], what: str, done: str, json_out: bool, where: str = "",
                  tail: str = "") -> None:
-    """Print `N <done><where>, M failed<tail>` (or JSON of the summary and the rows); exit 1 when any failed."""
+    """Print `N <done><where>, M failed<tail>` (or JSON of the summary and the rows); exit 1 when any failed.
+    Rows in state "skipped" (listed, not attempted: e.g. files on media that no record names) are
+    counted apart and do not fail the command."""
     failed_n = sum(1 for r in rows if r["state"] == "failed")
+    skipped_n = sum(1 for r in rows if r["state"] == "skipped")
     if json_out:
-        emit_json({"summary": {done: len(rows) - failed_n, "failed": failed_n}, "files": rows})
+        emit_json({"summary": {done: len(rows) - failed_n - skipped_n, "failed": failed_n,
+                               **({"skipped": skipped_n} if skipped_n else {})}, "files": rows})
     else:
         status_table(rows, what)
-        out.print(f"{len(rows) - failed_n} {done}{where}, {failed_n} failed{tail}")
+        out.print(f"{len(rows) - failed_n - skipped_n} {done}{where}, {failed_n} failed"
+                  f"{f', {skipped_n} skipped' if skipped_n else ''}{tail}")
     raise typer.Exit(EXIT_FAIL if failed_n else EXIT_OK)
 
 

@@ -1,0 +1,1 @@
+"""Media and new objects: DICOMDIR file-sets out of and into the archive (dicomdir.py)."""

@@ -1,0 +1,453 @@
+"""New DICOM objects from images, NumPy arrays, PDF documents and videos (`dicomnode create`, and
+for scripts `from dicomnode.create import from_array`).
+
+| input | IOD (PS3.3) | pixel data |
+| --- | --- | --- |
+| one PNG/TIFF/BMP/JPEG image | Secondary Capture Image (A.8.1) | 8/16-bit grey or RGB, uncompressed; a baseline JPEG is kept as it is (JPEG Baseline transfer syntax, not re-encoded) |
+| several images, a 3-D array | Multi-frame Grayscale Byte / Word, True Color SC (A.8.2-4) | one frame per image or slice; `spacing` gives Pixel Spacing and a Slice Location Vector |
+| a 2-D array | Secondary Capture Image | uint8 as it is; anything else in 16 bits with Rescale Slope/Intercept, so values come back in their units |
+| a PDF | Encapsulated PDF (A.45.1) | - |
+| an MP4/MOV with H.264 video | Video Photographic (A.32.7) | the H.264 stream as it is (MPEG-4 AVC/H.264 transfer syntaxes), not re-encoded |
+
+The patient and study come from `Context`: copied from a study in the archive, or new. New UIDs
+come from the configured `uid_root`, else are 2.25 UUID-derived (PS3.5 B.2).
+
+Objects are written by `write()` as a stream: the header by pydicom, then the bulk value
+(document, pixel data) copied from its source in chunks, so a large video or PDF is never held
+in memory whole.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
+
+from dicomnode import __version__
+from dicomnode.errors import DicomnodeError
+
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+SC_MULTIFRAME_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
+SC_MULTIFRAME_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
+SC_MULTIFRAME_TRUE_COLOR = "1.2.840.10008.5.1.4.1.1.7.4"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+MPEG4_HIGH_41 = "1.2.840.10008.1.2.4.102"
+MPEG4_HIGH_42 = "1.2.840.10008.1.2.4.104"  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video
+MAX_PIXELS = 1 << 28  # 268 M pixels: refuse bigger images before decoding them (a 60,000² PNG header)
+CHUNK = 1 << 20
+FRAGMENT = 1 << 28  # bytes of one fragment of encapsulated video (under the 2^32 - 2 limit)
+
+
+class CreateError(DicomnodeError):
+    """The input cannot become a DICOM object; the message says why."""
+
+
+@dataclass
+class Context:
+    """Where a new object goes: patient, study and series attributes, and how to make UIDs."""
+
+    patient: dict[str, Any] = field(default_factory=dict)  # PatientName, PatientID, ...
+    study: dict[str, Any] = field(default_factory=dict)  # StudyInstanceUID, StudyDate, ... (new study when empty)
+    series: dict[str, Any] = field(default_factory=dict)  # SeriesInstanceUID, SeriesNumber, SeriesDescription
+    uid_root: str = ""
+    modality: str | None = None
+    instance_number: int = 1
+
+    def uid(self) -> UID:
+        return generate_uid(prefix=self.uid_root.rstrip(".") + "." if self.uid_root else None)
+
+
+@dataclass
+class Bulk:
+    """A bulk value written after the header: the element's tag, and its content as chunks."""
+
+    tag: int
+    chunks: Iterator[bytes]
+    length: int | None  # None: encapsulated (undefined length, fragments)
+    fragments: bool = False
+    vr: bytes = b"OB"  # OW for native pixel data of 16 bits
+
+
+@dataclass
+class NewObject:
+    ds: Dataset  # everything but the bulk value
+    bulk: Bulk | None = None
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.ds.SOPInstanceUID)
+
+
+# -- the common modules ------------------------------------------------------------------------
+
+
+def _base(ctx: Context, sop_class: str, syntax: str, modality: str, conversion: str) -> Dataset:
+    """SOP Common, Patient, General Study, General Series, General/SC Equipment and General Image."""
+    now = datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    sop = ctx.uid()
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+        setattr(ds, keyword, ctx.patient.get(keyword, ""))
+    for keyword, value in ctx.patient.items():
+        setattr(ds, keyword, value)
+    study = {"StudyInstanceUID": ctx.uid(), "StudyDate": now.strftime("%Y%m%d"), "StudyTime": now.strftime("%H%M%S"),
+             "ReferringPhysicianName": "", "StudyID": "1", "AccessionNumber": "", **ctx.study}
+    for keyword, value in study.items():
+        setattr(ds, keyword, value)
+    series = {"SeriesInstanceUID": ctx.uid(), "SeriesNumber": 900 + (int(now.strftime("%S")) % 100),
+              **ctx.series}
+    for keyword, value in series.items():
+        setattr(ds, keyword, value)
+    ds.Modality = ctx.modality or modality
+    ds.Laterality = ""  # Type 2C: not a paired structure as far as the node knows
+    ds.Manufacturer = "dicomnode"
+    ds.SoftwareVersions = __version__
+    ds.ConversionType = conversion  # SC Equipment: WSD workstation, SD scanned document, SYN synthetic
+    ds.InstanceNumber = ctx.instance_number
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = ds.ContentDate, ds.ContentTime
+    return ds
+
+
+def _pixels_module(ds: Dataset, rows: int, cols: int, samples: int, bits: int, signed: bool = False) -> None:
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
+
+
+# -- arrays and images -----------------------------------------------------------------------------
+
+
+def from_array(arr: np.ndarray, ctx: Context | None = None, spacing: tuple[float, ...] | None = None,
+               slope: float = 1.0, intercept: float = 0.0, conversion: str = "SYN", picture: bool = False,
+               ) -> NewObject:
+    """A NumPy array as Secondary Capture: 2-D (rows, cols) or (rows, cols, 3) as one image,
+    3-D (frames, rows, cols) or 4-D (frames, rows, cols, 3) as a multi-frame object.
+
+    `slope` and `intercept` say what the array's values mean (real = value * slope + intercept);
+    `spacing` is (row, column) or (slice, row, column) in mm. Values other than uint8 are stored
+    in 16 bits with Rescale Slope/Intercept (float arrays scaled into the 16-bit range), so
+    that the object's modality values are the real values. The window spans the values found;
+    for a `picture` (an 8/16-bit image file) it spans the whole bit range, so that a viewer or
+    `dicomnode convert` shows the picture's own grey levels.
+    """
+    ctx = ctx or Context()
+    arr = np.asarray(arr)
+    rgb = arr.dtype == np.uint8 and arr.shape[-1:] == (3,)  # (…, 3) uint8: RGB samples
+    if arr.ndim == 2 or (arr.ndim == 3 and rgb):
+        frames, colour = None, arr.ndim == 3
+    elif arr.ndim == 3 or (arr.ndim == 4 and rgb):
+        frames, colour = arr.shape[0], arr.ndim == 4
+    else:
+        raise CreateError(f"an array of shape {arr.shape}: 2-D, 3-D (frames, rows, cols) or RGB (…, 3) uint8")
+    if arr.size == 0:
+        raise CreateError("an empty array")
+    if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise CreateError(f"an array of {arr.dtype}" + (" with NaN or infinite values" if arr.dtype.kind == "f" else
+                                                        ": numbers only"))
+    if colour:
+        stored, rs, ri, bits = arr, None, None, 8
+    elif arr.dtype == np.uint8 and slope == 1.0 and intercept == 0.0:
+        stored, rs, ri, bits = arr, None, None, 8
+    else:
+        stored, rs, ri = _sixteen_bits(arr, slope, intercept)
+        bits = 16
+    if frames is None:
+        sop_class = SC_IMAGE
+    else:
+        sop_class = SC_MULTIFRAME_TRUE_COLOR if colour else SC_MULTIFRAME_BYTE if bits == 8 else SC_MULTIFRAME_WORD
+    ds = _base(ctx, sop_class, ExplicitVRLittleEndian, "OT", conversion)
+    rows, cols = stored.shape[-3:-1] if colour else stored.shape[-2:]
+    _pixels_module(ds, int(rows), int(cols), 3 if colour else 1, bits)
+    ds.BurnedInAnnotation = "NO"
+    ds.PatientOrientation = ""
+    if not colour and (rs is not None or frames is not None):
+        # grey multi-frame SC always carries a rescale (PS3.3 C.8.6.3), identity when there is none
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(1.0 if rs is None else rs), _ds(0.0 if ri is None else ri)
+        ds.RescaleType = "US"  # unspecified units
+    if not colour and frames is not None:
+        ds.PresentationLUTShape = "IDENTITY"
+    if spacing:
+        plane = spacing[-2:]
+        ds.PixelSpacing = [_ds(plane[0]), _ds(plane[1])]
+    if frames is not None:
+        ds.NumberOfFrames = frames
+        if spacing and len(spacing) == 3:
+            ds.SliceLocationVector = [_ds(i * spacing[0]) for i in range(frames)]
+            ds.FrameIncrementPointer = 0x00182005  # Slice Location Vector
+        else:
+            ds.FrameIncrementPointer = 0x00181063  # Frame Time
+            ds.FrameTime = 100.0
+    if not colour:
+        window = (2 ** (bits - 1), 2 ** bits) if picture and rs in (None, 1.0) and ri in (None, 0.0) else \
+            _window(stored, rs, ri)
+        if window:
+            ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
+    data = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()
+    if len(data) % 2:
+        data += b"\0"
+    return NewObject(ds, Bulk(0x7FE00010, iter([data]), len(data), vr=b"OW" if bits == 16 else b"OB"))
+
+
+def _sixteen_bits(arr: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, float, float]:
+    """uint16 stored values and the rescale that gives real = array * slope + intercept back."""
+    if arr.dtype.kind in "iu" and int(arr.max()) - int(arr.min()) < 65536:
+        low = min(int(arr.min()), 0) if arr.dtype.kind == "i" else 0
+        if int(arr.max()) - low > 65535:
+            low = int(arr.min())
+        stored = (arr.astype(np.int64) - low).astype(np.uint16)
+        return stored, slope, low * slope + intercept
+    lo, hi = float(arr.min()), float(arr.max())
+    step = (hi - lo) / 65535 if hi > lo else 1.0
+    stored = np.rint((arr.astype(np.float64) - lo) / step).clip(0, 65535).astype(np.uint16)
+    return stored, step * slope, lo * slope + intercept
+
+
+def _window(stored: np.ndarray, rs: float | None, ri: float | None) -> tuple[float, float] | None:
+    lo, hi = float(stored.min()), float(stored.max())
+    if rs is not None and ri is not None:
+        lo, hi = lo * rs + ri, hi * rs + ri
+    return ((lo + hi) / 2, max(hi - lo, 1.0)) if hi > lo else None
+
+
+def _ds(value: float) -> str:
+    """A DS value (16 characters at most)."""
+    text = f"{value:.10g}"
+    return text if len(text) <= 16 else f"{value:.6e}"
+
+
+def from_images(paths: list[Path], ctx: Context | None = None, spacing: tuple[float, ...] | None = None) -> NewObject:
+    """PNG/JPEG/TIFF/BMP files: one image as Secondary Capture (a baseline JPEG kept as JPEG), several
+    of the same size and kind as one multi-frame object."""
+    from PIL import Image
+
+    ctx = ctx or Context()
+    if len(paths) == 1:
+        jpeg = _jpeg_as_is(paths[0], ctx)
+        if jpeg is not None:
+            return jpeg
+    arrays = []
+    for p in paths:
+        arrays.append(_image_array(p, Image))
+    shapes = {a.shape for a in arrays}
+    kinds = {a.dtype for a in arrays}
+    if len(shapes) > 1 or len(kinds) > 1:
+        raise CreateError("the images differ in size or kind: one object needs them alike")
+    arr = arrays[0] if len(arrays) == 1 else np.stack(arrays)
+    return from_array(arr, ctx, spacing, conversion="WSD", picture=True)
+
+
+def _image_array(path: Path, image: Any) -> np.ndarray:
+    try:
+        with image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise CreateError(f"{path.name}: {img.width} x {img.height} pixels, more than {MAX_PIXELS:,}")
+            if img.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(img).astype(np.uint16)
+            if img.mode == "I":
+                arr = np.asarray(img)
+                if arr.min() < 0 or arr.max() > 65535:
+                    raise CreateError(f"{path.name}: 32-bit values beyond 16 bits")
+                return arr.astype(np.uint16)
+            if img.mode in ("L", "1", "LA"):
+                return np.asarray(img.convert("L"))
+            return np.asarray(img.convert("RGB"))
+    except CreateError:
+        raise
+    except Exception as exc:
+        raise CreateError(f"{path.name}: not an image Pillow can read ({type(exc).__name__}: {exc})") from exc
+
+
+def _jpeg_as_is(path: Path, ctx: Context) -> NewObject | None:
+    """A baseline 8-bit JPEG (grey or YCbCr) as JPEG Baseline pixel data, its bytes untouched."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG" or img.info.get("progressive") or img.mode not in ("L", "RGB"):
+                return None
+            if img.width * img.height > MAX_PIXELS:
+                raise CreateError(f"{path.name}: {img.width} x {img.height} pixels, more than {MAX_PIXELS:,}")
+            if img.info.get("adobe_transform") == 0:  # RGB stored without YCbCr transform
+                return None
+            sampling = JpegImagePlugin.get_sampling(img) if img.mode == "RGB" else -1
+            rows, cols, mode = img.height, img.width, img.mode
+    except CreateError:
+        raise
+    except Exception:
+        return None
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8" or b"\xff\xc0" not in data:  # SOF0: baseline sequential
+        return None
+    ds = _base(ctx, SC_IMAGE, JPEGBaseline8Bit, "OT", "WSD")
+    _pixels_module(ds, rows, cols, 3 if mode == "RGB" else 1, 8)
+    if mode == "RGB":
+        ds.PhotometricInterpretation = "YBR_FULL_422" if sampling in (1, 2) else "YBR_FULL"
+    ds.BurnedInAnnotation = "NO"
+    ds.PatientOrientation = ""
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    return NewObject(ds, Bulk(0x7FE00010, iter([data]), None, fragments=True))
+
+
+# -- documents and video ---------------------------------------------------------------------------
+
+
+def from_pdf(path: Path, ctx: Context | None = None, title: str | None = None) -> NewObject:
+    """An Encapsulated PDF; the document's bytes as they are."""
+    ctx = ctx or Context()
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if b"%PDF-" not in head:
+        raise CreateError(f"{path.name}: not a PDF (no %PDF- header)")
+    size = path.stat().st_size
+    ds = _base(ctx, ENCAPSULATED_PDF, ExplicitVRLittleEndian, "DOC", "SD")
+    for keyword in ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"):
+        delattr(ds, keyword)
+    ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = title if title is not None else path.stem[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocumentLength = size
+    return NewObject(ds, Bulk(0x00420011, _file_chunks(path, pad=size % 2 == 1), size + size % 2))
+
+
+def from_video(path: Path, ctx: Context | None = None) -> NewObject:
+    """An MP4/MOV (or raw) H.264 video as Video Photographic, the stream kept as it is: the
+    container's packets rewritten into an Annex B byte stream (PyAV), not re-encoded."""
+    import av
+
+    ctx = ctx or Context()
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise CreateError(f"{path.name}: not a video PyAV can open ({type(exc).__name__}: {exc})") from exc
+    with container:
+        if not container.streams.video:
+            raise CreateError(f"{path.name}: no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context.name != "h264":
+            raise CreateError(f"{path.name}: {stream.codec_context.name} video; H.264 only (stored without "
+                              "re-encoding)")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        elementary = io.BytesIO()
+        try:
+            with av.open(elementary, "w", format="h264") as raw:
+                out = raw.add_stream_from_template(stream)
+                frames = 0
+                for packet in container.demux(stream):
+                    if packet.dts is None and packet.size == 0:
+                        continue
+                    packet.stream = out
+                    raw.mux(packet)
+                    frames += 1
+        except CreateError:
+            raise
+        except Exception as exc:
+            raise CreateError(f"{path.name}: the video cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not frames:
+        raise CreateError(f"{path.name}: no video frames")
+    data = elementary.getvalue()
+    syntax = MPEG4_HIGH_41 if width <= 1920 and height <= 1080 and rate <= 30.5 else MPEG4_HIGH_42
+    ds = _base(ctx, VIDEO_PHOTOGRAPHIC, syntax, "XC", "DV")
+    for keyword in ("ConversionType", "DateOfSecondaryCapture", "TimeOfSecondaryCapture"):
+        delattr(ds, keyword)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
+    ds.AcquisitionContextSequence = []
+    # VL Image (PS3.3 C.8.12.1): a video photograph says where on the body; the node does not know
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "87100004", "SCT", "Topography unknown"
+    ds.AnatomicRegionSequence = [region]
+    ds.Rows, ds.Columns = height, width
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_PARTIAL_420", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    ds.FrameTime = _ds(1000.0 / rate)
+    ds.CineRate = round(rate)
+    ds.RecommendedDisplayFrameRate = round(rate)
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_14496_10"
+    ds.BurnedInAnnotation = "NO"
+    ds.PatientOrientation = ""
+    chunks = iter([data[i:i + FRAGMENT] for i in range(0, len(data), FRAGMENT)])
+    return NewObject(ds, Bulk(0x7FE00010, chunks, None, fragments=True))
+
+
+def _file_chunks(path: Path, pad: bool) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+    if pad:
+        yield b"\0"
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def write(obj: NewObject, out: IO[bytes] | Any) -> None:
+    """The object as a Part 10 stream on `out` (a file, or the archive's ingest sink)."""
+    ds = obj.ds
+    if obj.bulk is None:
+        dcmwrite(out, ds, enforce_file_format=True)
+        return
+    tag = obj.bulk.tag
+    before, after = Dataset(), Dataset()
+    for elem in ds:
+        (before if elem.tag < tag else after).add(elem)
+    before.file_meta = ds.file_meta
+    head = io.BytesIO()
+    dcmwrite(head, before, enforce_file_format=True)
+    out.write(head.getvalue())
+    group, element = tag >> 16, tag & 0xFFFF
+    if obj.bulk.fragments:
+        out.write(struct.pack("<HH2sHI", group, element, b"OB", 0, 0xFFFFFFFF))
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # an empty Basic Offset Table
+        for chunk in obj.bulk.chunks:
+            fragment = chunk + (b"\0" if len(chunk) % 2 else b"")
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(fragment)))
+            out.write(fragment)
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))  # Sequence Delimitation Item
+    else:
+        assert obj.bulk.length is not None
+        out.write(struct.pack("<HH2sHI", group, element, obj.bulk.vr, 0, obj.bulk.length))
+        for chunk in obj.bulk.chunks:
+            out.write(chunk)
+    if len(after):
+        buffer = io.BytesIO()
+        tail = DicomFileLike(buffer)
+        tail.is_little_endian, tail.is_implicit_VR = True, False
+        write_dataset(tail, after)
+        out.write(buffer.getvalue())
