@@ -157,15 +157,37 @@ def test_into_an_archived_study_and_bad_inputs(sources: dict[str, Path], tmp_pat
     assert bad.returncode == 1
     rows = json.loads(bad.stdout)["files"]
     assert len(rows) == 4 and all(r["state"] == "failed" and r["comment"] for r in rows)
-    node = Node(storage, {"DICOMNODE_MIN_FREE_MB": "0"}).start()
+    node = Node(storage, {"DICOMNODE_MIN_FREE_MB": "0"}, web=True).start()
     try:
+        # the same over HTTP: POST /api/create with the file as the body
+        base = f"http://127.0.0.1:{node.http_port}/api/create"
+        made = _post(f"{base}?study={study}&SeriesDescription=web", sources["rgb.png"].read_bytes(), "image/png")
+        assert made[0] == 200 and made[1]["StudyInstanceUID"] == study and "/instances/" in made[1]["RetrieveURL"]
+        assert _post(f"{base}?study={study}", b"text", "text/plain")[0] == 415
+        assert _post(f"{base}?study=1.2.3.4", sources["rgb.png"].read_bytes(), "image/png")[0] == 404
+        assert _post(f"{base}?study={study}", b"not a pdf", "application/pdf")[0] == 422
+        assert _post(base, sources["report.pdf"].read_bytes(), "application/pdf")[0] == 400  # no study, no patient
         need("findscu")
         found = run(["findscu", "-S", "-aec", node.aet, "127.0.0.1", str(node.port), "-k", "QueryRetrieveLevel=STUDY",
                      "-k", f"StudyInstanceUID={study}", "-k", "NumberOfStudyRelatedInstances",
                      "-k", "ModalitiesInStudy"])
         text = found.stdout + found.stderr
-        assert re.search(r"IS \[5 ?\]", text) and "DOC" in text and "XC" in text and "OT" in text, text
+        assert re.search(r"IS \[6 ?\]", text) and "DOC" in text and "XC" in text and "OT" in text, text
     finally:
         node.stop()
     listed: list[dict[str, Any]] = json.loads(cli("ls", "instances", "--storage", str(storage), "--json").stdout)
-    assert len(listed) == 5
+    assert len(listed) == 6
+
+
+def _post(url: str, body: bytes, media_type: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": media_type})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        answer = json.loads(exc.read() or b"{}")
+        assert answer.get("error"), answer
+        return exc.code, answer

@@ -143,15 +143,6 @@ def _as_json(r: dicomdir.Record) -> dict[str, Any]:
             **({"children": [_as_json(x) for x in r.children]} if r.children else {})}
 
 
-IMAGES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-VIDEOS = {".mp4", ".mov", ".m4v", ".h264", ".264"}
-# what --study copies from the archive (Patient and General Study modules), and --series adds
-PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
-STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-              "StudyDescription")
-SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality")
-
-
 def create(
     inputs: Annotated[list[Path], typer.Argument(help="images (PNG, JPEG, TIFF, BMP), .npy arrays, PDFs, MP4/MOV videos")],
     study: Annotated[Optional[str], typer.Option("--study", help="put it into this archived study (patient and "
@@ -193,39 +184,27 @@ def create(
         c.error("no such file:", ", ".join(missing))
         raise typer.Exit(c.EXIT_USAGE)
     arc = c.archive(s, create=out is None) if (out is None or study or series) else None
-    ctx = make.Context(uid_root=s.uid_root, modality=modality)
-    if study or series:
-        assert arc is not None
-        key = {"SeriesInstanceUID": series} if series else {"StudyInstanceUID": str(study)}
-        found = list(list_level(arc.db, "IMAGE", key, limit=1))
-        if not found:
-            c.error(f"{series or study}: no such {'series' if series else 'study'} in the archive")
-            raise typer.Exit(c.EXIT_USAGE)
-        from pydicom import dcmread
-
-        header = dcmread(arc.layout.absolute(found[0]["path"]), stop_before_pixels=True)
-        ctx.patient = {k: header.get(k) for k in PATIENT_KEYS if header.get(k) is not None}
-        ctx.study = {k: header.get(k) for k in STUDY_KEYS if header.get(k) is not None}
-        if series:
-            ctx.series = {k: header.get(k) for k in SERIES_KEYS if header.get(k) is not None}
-            ctx.modality = modality or str(header.get("Modality") or "") or None
-    else:
-        if not patient_id:
-            c.error("a new study needs --patient-id (or name an archived one with --study)")
-            raise typer.Exit(c.EXIT_USAGE)
-        ctx.patient = {k: v for k, v in (("PatientID", patient_id), ("PatientName", patient_name),
-                                         ("PatientBirthDate", birth_date), ("PatientSex", sex)) if v}
-        ctx.study = {k: v for k, v in (("StudyDescription", study_description), ("AccessionNumber", accession)) if v}
+    try:
+        if study or series:
+            assert arc is not None
+            ctx = make.archived_context(arc, study, series, s.uid_root, modality)
+        elif not patient_id:
+            raise make.CreateError("a new study needs --patient-id (or name an archived one with --study)")
+        else:
+            ctx = make.Context(uid_root=s.uid_root, modality=modality)
+            ctx.patient = {k: v for k, v in (("PatientID", patient_id), ("PatientName", patient_name),
+                                             ("PatientBirthDate", birth_date), ("PatientSex", sex)) if v}
+            ctx.study = {k: v for k, v in (("StudyDescription", study_description), ("AccessionNumber", accession))
+                         if v}
+    except make.CreateError as exc:
+        c.error(str(exc))
+        raise typer.Exit(c.EXIT_USAGE) from None
     if series_description and not series:
         ctx.series["SeriesDescription"] = series_description
-    images = [p for p in inputs if p.suffix.lower() in IMAGES]
+    images = [p for p in inputs if make.kind_of(p) == "image"]
     groups: list[tuple[str, list[Path]]] = ([("image", [p]) for p in images] if separate or len(images) < 2
                                             else [("image", images)])
-    for p in inputs:
-        kind = ("array" if p.suffix.lower() == ".npy" else "pdf" if p.suffix.lower() == ".pdf"
-                else "video" if p.suffix.lower() in VIDEOS else None if p.suffix.lower() in IMAGES else "unknown")
-        if kind:
-            groups.append((kind, [p]))
+    groups += [(make.kind_of(p) or "unknown", [p]) for p in inputs if make.kind_of(p) != "image"]
     ing = services.ingester(s, arc) if arc is not None and out is None else None
     rows: list[dict[str, Any]] = []
     with c.progress() as bar:
@@ -233,22 +212,7 @@ def create(
         for kind, paths in groups:
             label = ", ".join(str(p) for p in paths)
             try:
-                if kind == "image":
-                    obj = make.from_images(paths, ctx, dims)
-                elif kind == "array":
-                    import numpy as np
-
-                    try:
-                        arr = np.load(paths[0], allow_pickle=False, mmap_mode="r")
-                    except Exception as exc:
-                        raise make.CreateError(f"{paths[0].name}: not a NumPy array file ({exc})") from exc
-                    obj = make.from_array(arr, ctx, dims, slope, intercept)
-                elif kind == "pdf":
-                    obj = make.from_pdf(paths[0], ctx, title)
-                elif kind == "video":
-                    obj = make.from_video(paths[0], ctx)
-                else:
-                    raise make.CreateError(f"{paths[0].name}: unknown kind of file (images, .npy, .pdf, .mp4/.mov)")
+                obj = make.from_files(kind, paths, ctx, dims, slope, intercept, title)
                 ctx.instance_number += 1
                 if out:
                     target = out / f"{obj.sop_instance_uid}.dcm"
@@ -258,9 +222,7 @@ def create(
                                  "status": "", "comment": str(target)})
                 else:
                     assert ing is not None
-                    sink = ing.new_sink()
-                    make.write(obj, sink)
-                    o = ing.ingest(sink, peer="create")
+                    o = make.store(obj, ing)
                     rows.append({"path": label, "SOPInstanceUID": o.sop_instance_uid or obj.sop_instance_uid,
                                  "state": "success" if o.ok else "failed", "status": f"0x{o.status:04X}",
                                  "comment": o.comment or f"{obj.ds.SOPClassUID.name}, study {obj.ds.StudyInstanceUID}"})

@@ -41,6 +41,8 @@ from pydicom.uid import (
 
 from dicomnode import __version__
 from dicomnode.errors import DicomnodeError
+from dicomnode.storage.archive import Archive
+from dicomnode.storage.archive.ingest import Ingester, Outcome
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 SC_MULTIFRAME_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
@@ -412,6 +414,72 @@ def _file_chunks(path: Path, pad: bool) -> Iterator[bytes]:
             yield chunk
     if pad:
         yield b"\0"
+
+
+# -- what the front ends share (CLI `create`, POST /api/create) -------------------------------------
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".h264", ".264"}
+KINDS = ("image", "array", "pdf", "video")
+# what an archived study lends a new object (Patient and General Study modules), and a series adds
+PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+              "StudyDescription")
+SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality")
+
+
+def kind_of(path: Path) -> str | None:
+    """image, array, pdf or video by the file's suffix; None when unknown."""
+    suffix = path.suffix.lower()
+    return ("image" if suffix in IMAGE_SUFFIXES else "array" if suffix == ".npy" else "pdf" if suffix == ".pdf"
+            else "video" if suffix in VIDEO_SUFFIXES else None)
+
+
+def archived_context(arc: Archive, study: str | None = None, series: str | None = None, uid_root: str = "",
+                     modality: str | None = None) -> Context:
+    """A Context for an object going into an archived study (a new series) or series; CreateError
+    when the archive holds no such study or series."""
+    from pydicom import dcmread
+
+    from dicomnode.storage.query.listing import list_level
+
+    key = {"SeriesInstanceUID": series} if series else {"StudyInstanceUID": study or ""}
+    found = list(list_level(arc.db, "IMAGE", key, limit=1))
+    if not found:
+        raise CreateError(f"{series or study}: no such {'series' if series else 'study'} in the archive")
+    header = dcmread(arc.layout.absolute(found[0]["path"]), stop_before_pixels=True)
+    ctx = Context(uid_root=uid_root, modality=modality)
+    ctx.patient = {k: header.get(k) for k in PATIENT_KEYS if header.get(k) is not None}
+    ctx.study = {k: header.get(k) for k in STUDY_KEYS if header.get(k) is not None}
+    if series:
+        ctx.series = {k: header.get(k) for k in SERIES_KEYS if header.get(k) is not None}
+        ctx.modality = modality or str(header.get("Modality") or "") or None
+    return ctx
+
+
+def from_files(kind: str, paths: list[Path], ctx: Context, spacing: tuple[float, ...] | None = None,
+               slope: float = 1.0, intercept: float = 0.0, title: str | None = None) -> NewObject:
+    """The object `kind` makes of `paths` (several only for images: one multi-frame object)."""
+    if kind == "image":
+        return from_images(paths, ctx, spacing)
+    if kind == "array":
+        try:
+            arr = np.load(paths[0], allow_pickle=False, mmap_mode="r")
+        except Exception as exc:
+            raise CreateError(f"{paths[0].name}: not a NumPy array file ({type(exc).__name__}: {exc})") from exc
+        return from_array(arr, ctx, spacing, slope, intercept)
+    if kind == "pdf":
+        return from_pdf(paths[0], ctx, title)
+    if kind == "video":
+        return from_video(paths[0], ctx)
+    raise CreateError(f"{paths[0].name}: not an image, a .npy array, a PDF or an MP4/MOV video")
+
+
+def store(obj: NewObject, ingester: Ingester) -> Outcome:
+    """Into the archive through the ingest path (durable, indexed, on-arrival jobs), streamed."""
+    sink = ingester.new_sink()
+    write(obj, sink)
+    return ingester.ingest(sink, peer="create")
 
 
 # -- writing ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 
 from dicomnode.node import services
 from dicomnode.node.settings import Settings
-from dicomnode.node.web import access, console, guard, health, pictures, qido, stow, wado
+from dicomnode.node.web import access, console, create, guard, health, pictures, qido, stow, wado
 from dicomnode.node.web.context import BASE, Problem, Web, problem
 
 STUDY = BASE + "/studies/{study}"
@@ -61,6 +61,8 @@ def routes() -> list[Route | Mount]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.scrape, methods=["GET"]),
+        # new objects from non-DICOM files (images, arrays, PDF, video), as `dicomnode create` makes them
+        Route("/api/create", create.create, methods=["POST"]),
         # the viewer and operator console (pages, their static files, /api)
         *console.routes(),
     ]
