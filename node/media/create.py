@@ -20,8 +20,11 @@ in memory whole.
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import struct
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +57,7 @@ MPEG4_HIGH_41 = "1.2.840.10008.1.2.4.102"
 MPEG4_HIGH_42 = "1.2.840.10008.1.2.4.104"  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video
 MAX_PIXELS = 1 << 28  # 268 M pixels: refuse bigger images before decoding them (a 60,000² PNG header)
 CHUNK = 1 << 20
-FRAGMENT = 1 << 28  # bytes of one fragment of encapsulated video (under the 2^32 - 2 limit)
+MAX_FRAGMENT = (1 << 32) - 2
 
 
 class CreateError(DicomnodeError):
@@ -85,6 +88,7 @@ class Bulk:
     length: int | None  # None: encapsulated (undefined length, fragments)
     fragments: bool = False
     vr: bytes = b"OB"  # OW for native pixel data of 16 bits
+    one_fragment: int | None = None  # encapsulated as one fragment of this many bytes, streamed in chunks
 
 
 @dataclass
@@ -176,19 +180,25 @@ def from_array(arr: np.ndarray, ctx: Context | None = None, spacing: tuple[float
     if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
         raise CreateError(f"an array of {arr.dtype}" + (" with NaN or infinite values" if arr.dtype.kind == "f" else
                                                         ": numbers only"))
-    if colour:
-        stored, rs, ri, bits = arr, None, None, 8
-    elif arr.dtype == np.uint8 and slope == 1.0 and intercept == 0.0:
-        stored, rs, ri, bits = arr, None, None, 8
+    # frame by frame from here on: a memory-mapped volume is never held whole
+    lo_hi = (float(arr.min()), float(arr.max()))
+    stored: Callable[[np.ndarray], np.ndarray]
+    if colour or (arr.dtype == np.uint8 and slope == 1.0 and intercept == 0.0):
+        rs, ri, bits = None, None, 8
+
+        def as_bytes(a: np.ndarray) -> np.ndarray:
+            return np.asarray(a, dtype=np.uint8)
+
+        stored = as_bytes
     else:
-        stored, rs, ri = _sixteen_bits(arr, slope, intercept)
+        stored, rs, ri = _sixteen_bits(arr, lo_hi, slope, intercept)
         bits = 16
     if frames is None:
         sop_class = SC_IMAGE
     else:
         sop_class = SC_MULTIFRAME_TRUE_COLOR if colour else SC_MULTIFRAME_BYTE if bits == 8 else SC_MULTIFRAME_WORD
     ds = _base(ctx, sop_class, ExplicitVRLittleEndian, "OT", conversion)
-    rows, cols = stored.shape[-3:-1] if colour else stored.shape[-2:]
+    rows, cols = arr.shape[-3:-1] if colour else arr.shape[-2:]
     _pixels_module(ds, int(rows), int(cols), 3 if colour else 1, bits)
     ds.BurnedInAnnotation = "NO"
     ds.PatientOrientation = ""
@@ -210,35 +220,41 @@ def from_array(arr: np.ndarray, ctx: Context | None = None, spacing: tuple[float
             ds.FrameIncrementPointer = 0x00181063  # Frame Time
             ds.FrameTime = 100.0
     if not colour:
-        window = (2 ** (bits - 1), 2 ** bits) if picture and rs in (None, 1.0) and ri in (None, 0.0) else \
-            _window(stored, rs, ri)
+        real = (lo_hi[0] * slope + intercept, lo_hi[1] * slope + intercept)
+        window = (2 ** (bits - 1), 2 ** bits) if picture and slope == 1.0 and intercept == 0.0 else \
+            ((real[0] + real[1]) / 2, max(abs(real[1] - real[0]), 1.0)) if real[1] != real[0] else None
         if window:
             ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
-    data = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()
-    if len(data) % 2:
-        data += b"\0"
-    return NewObject(ds, Bulk(0x7FE00010, iter([data]), len(data), vr=b"OW" if bits == 16 else b"OB"))
+    per_frame = int(rows) * int(cols) * (3 if colour else 1) * bits // 8
+    length = per_frame * (frames or 1)
+    planes = (arr[i] for i in range(frames)) if frames is not None else iter([arr])
+    chunks: Iterator[bytes] = (np.ascontiguousarray(stored(a)).astype("<u2" if bits == 16 else "u1", copy=False).tobytes()
+              for a in planes)
+    if length % 2:
+        chunks = itertools.chain(chunks, [b"\0"])
+    return NewObject(ds, Bulk(0x7FE00010, chunks, length + length % 2, vr=b"OW" if bits == 16 else b"OB"))
 
 
-def _sixteen_bits(arr: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, float, float]:
-    """uint16 stored values and the rescale that gives real = array * slope + intercept back."""
-    if arr.dtype.kind in "iu" and int(arr.max()) - int(arr.min()) < 65536:
-        low = min(int(arr.min()), 0) if arr.dtype.kind == "i" else 0
-        if int(arr.max()) - low > 65535:
-            low = int(arr.min())
-        stored = (arr.astype(np.int64) - low).astype(np.uint16)
-        return stored, slope, low * slope + intercept
-    lo, hi = float(arr.min()), float(arr.max())
+def _sixteen_bits(arr: np.ndarray, lo_hi: tuple[float, float], slope: float, intercept: float,
+                  ) -> tuple[Callable[[np.ndarray], np.ndarray], float, float]:
+    """How values become uint16 stored values (applied a frame at a time), and the rescale that gives
+    real = array value * slope + intercept back: integers shifted, floats scaled into 0..65535."""
+    lo, hi = lo_hi
+    if arr.dtype.kind in "iu" and hi - lo < 65536:
+        low = int(min(lo, 0)) if arr.dtype.kind == "i" else 0
+        if hi - low > 65535:
+            low = int(lo)
+
+        def shift(a: np.ndarray) -> np.ndarray:
+            return (np.asarray(a, dtype=np.int64) - low).astype(np.uint16)
+
+        return shift, slope, low * slope + intercept
     step = (hi - lo) / 65535 if hi > lo else 1.0
-    stored = np.rint((arr.astype(np.float64) - lo) / step).clip(0, 65535).astype(np.uint16)
-    return stored, step * slope, lo * slope + intercept
 
+    def scale(a: np.ndarray) -> np.ndarray:
+        return np.rint((np.asarray(a, dtype=np.float64) - lo) / step).clip(0, 65535).astype(np.uint16)
 
-def _window(stored: np.ndarray, rs: float | None, ri: float | None) -> tuple[float, float] | None:
-    lo, hi = float(stored.min()), float(stored.max())
-    if rs is not None and ri is not None:
-        lo, hi = lo * rs + ri, hi * rs + ri
-    return ((lo + hi) / 2, max(hi - lo, 1.0)) if hi > lo else None
+    return scale, step * slope, lo * slope + intercept
 
 
 def _ds(value: float) -> str:
@@ -363,9 +379,12 @@ def from_video(path: Path, ctx: Context | None = None) -> NewObject:
                               "re-encoding)")
         width, height = stream.codec_context.width, stream.codec_context.height
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        elementary = io.BytesIO()
+        # the Annex B stream goes to a temp file, read back in fragments when the object is written
+        fd, name = tempfile.mkstemp(prefix="dicomnode-video-", suffix=".h264")
+        os.close(fd)
+        elementary = Path(name)
         try:
-            with av.open(elementary, "w", format="h264") as raw:
+            with av.open(str(elementary), "w", format="h264") as raw:
                 out = raw.add_stream_from_template(stream)
                 frames = 0
                 for packet in container.demux(stream):
@@ -374,13 +393,12 @@ def from_video(path: Path, ctx: Context | None = None) -> NewObject:
                     packet.stream = out
                     raw.mux(packet)
                     frames += 1
-        except CreateError:
-            raise
         except Exception as exc:
+            elementary.unlink(missing_ok=True)
             raise CreateError(f"{path.name}: the video cannot be read ({type(exc).__name__}: {exc})") from exc
     if not frames:
+        elementary.unlink(missing_ok=True)
         raise CreateError(f"{path.name}: no video frames")
-    data = elementary.getvalue()
     syntax = MPEG4_HIGH_41 if width <= 1920 and height <= 1080 and rate <= 30.5 else MPEG4_HIGH_42
     ds = _base(ctx, VIDEO_PHOTOGRAPHIC, syntax, "XC", "DV")
     for keyword in ("ConversionType", "DateOfSecondaryCapture", "TimeOfSecondaryCapture"):
@@ -404,8 +422,23 @@ def from_video(path: Path, ctx: Context | None = None) -> NewObject:
     ds.LossyImageCompressionMethod = "ISO_14496_10"
     ds.BurnedInAnnotation = "NO"
     ds.PatientOrientation = ""
-    chunks = iter([data[i:i + FRAGMENT] for i in range(0, len(data), FRAGMENT)])
-    return NewObject(ds, Bulk(0x7FE00010, chunks, None, fragments=True))
+    # PS3.5 A.4.11: the bit stream in one fragment under these transfer syntaxes (the "fragmentable"
+    # ones came later), so at most 2^32 - 2 bytes; written from the temp file a chunk at a time
+    size = elementary.stat().st_size
+    if size > MAX_FRAGMENT:
+        elementary.unlink(missing_ok=True)
+        raise CreateError(f"{path.name}: an H.264 stream of {size:,} bytes; one fragment holds {MAX_FRAGMENT:,}")
+    return NewObject(ds, Bulk(0x7FE00010, _chunks_then_remove(elementary), None, fragments=True, one_fragment=size))
+
+
+def _chunks_then_remove(path: Path) -> Iterator[bytes]:
+    """A temp file in chunks; the file is removed when done (or when the object is dropped)."""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _file_chunks(path: Path, pad: bool) -> Iterator[bytes]:
@@ -503,10 +536,18 @@ def write(obj: NewObject, out: IO[bytes] | Any) -> None:
     if obj.bulk.fragments:
         out.write(struct.pack("<HH2sHI", group, element, b"OB", 0, 0xFFFFFFFF))
         out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # an empty Basic Offset Table
-        for chunk in obj.bulk.chunks:
-            fragment = chunk + (b"\0" if len(chunk) % 2 else b"")
-            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(fragment)))
-            out.write(fragment)
+        if obj.bulk.one_fragment is not None:
+            size = obj.bulk.one_fragment
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, size + size % 2))
+            for chunk in obj.bulk.chunks:
+                out.write(chunk)
+            if size % 2:
+                out.write(b"\0")
+        else:
+            for chunk in obj.bulk.chunks:
+                fragment = chunk + (b"\0" if len(chunk) % 2 else b"")
+                out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(fragment)))
+                out.write(fragment)
         out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))  # Sequence Delimitation Item
     else:
         assert obj.bulk.length is not None
