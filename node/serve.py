@@ -32,7 +32,7 @@ def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
     arc = services.archive(settings, create=True)
     try:
-        marker, recovered = begin_run(arc.layout, arc.index, settings.actions_for)
+        marker, recovered = begin_run(arc.layout, arc.index, settings.actions_for, settings.name)
     except RuntimeError as exc:
         raise ArchiveError(str(exc)) from None
     if recovered.crashed:
@@ -40,7 +40,8 @@ def serve(settings: Settings) -> int:
     for what in recovered.unrepairable:
         log.warning("left by the crash and not indexed: %s", what)
     try:
-        metrics.begin_run(arc.layout.metrics)  # only now: the marker's lock says no other serve uses it
+        metrics.begin_run(services.metrics_folder(settings, arc.layout))  # only now: the marker's lock
+        # says no other serve of this name uses it
         return _serve(settings, arc)
     finally:
         marker.release()  # also after a failed start: nothing of this run is left to recover
@@ -48,9 +49,9 @@ def serve(settings: Settings) -> int:
 
 def _serve(settings: Settings, arc: Archive) -> int:
     queue = arc.jobs
-    requeued = queue.requeue_running()
+    requeued = queue.requeue(own=True)
     if requeued:
-        log.warning("%d job(s) were running when the node last stopped: queued again", requeued)
+        log.warning("%d job(s) this node (or a node whose lease ran out) was running: queued again", requeued)
     workers = WorkerProcess(settings) if settings.workers > 0 else None
     scp = StorageSCP(settings, services.ingester(settings, arc), workers.activity if workers else None)
     qr = QueryRetrieveSCP(settings, arc)

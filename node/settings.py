@@ -58,6 +58,8 @@ class Rule:
 @dataclass
 class Settings:
     aet: str = _setting("node", "DICOMNODE", "this node's AE title")
+    name: str = _setting("node", "", "this node's name among nodes sharing one index and archive (job leases, "
+                         "run marker); empty = HOST/AET")
     uid_root: str = _setting("node", "", "UID root of objects the node creates (dicomnode create); empty = "
                              "2.25 UIDs derived from random UUIDs (PS3.5 B.2)")
     host: str = _setting("network", "127.0.0.1", "address to listen on (loopback unless told otherwise)")
@@ -98,6 +100,8 @@ class Settings:
     log_level: str = _setting("logging", "INFO", "DEBUG | INFO | WARNING | ERROR")
     workers: int = _setting("pipeline", 2, "worker threads running on-arrival jobs (0 = none)")
     max_attempts: int = _setting("pipeline", 10, "attempts before a job stays failed")
+    job_lease_seconds: float = _setting("pipeline", 60.0, "how long a node's claim on a running job holds "
+                                        "without its heartbeat; a dead node's jobs are taken over after it")
     retry_base_seconds: float = _setting("pipeline", 2.0, "first retry delay; doubles per attempt, at most 300 s")
     defer_while_receiving: float = _setting("pipeline", 60.0, "seconds jobs may wait while images are arriving "
                                             "(0 = never wait)")
@@ -161,6 +165,13 @@ class Settings:
     @property
     def db_url(self) -> str | None:
         return self.db or None
+
+    @property
+    def node_name(self) -> str:
+        """This node among nodes sharing an index: `[node] name`, else HOST/AET."""
+        import socket
+
+        return self.name or f"{socket.gethostname()}/{self.aet}"
 
     def remote_by_aet(self, aet: str) -> Remote | None:
         for r in self.remotes.values():

@@ -18,14 +18,15 @@ from dicomnode.storage import health
 from dicomnode.storage.archive import Archive
 from dicomnode.storage.archive.layout import Layout
 from dicomnode.storage.index.models import now
-from dicomnode.storage.recovery import RunMarker
+from dicomnode.storage.recovery import RunMarker, marker_name
 
 
 def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict[str, Any]:
     """The report (of `arc` when the caller has the archive open); with `today`, also what arrived
     since midnight (UTC) and the analysis findings."""
     layout = Layout(s.storage_path.expanduser().resolve())
-    pid = RunMarker(layout).running_pid()
+    running = dict(RunMarker.running(layout))
+    pid = running.get(marker_name(s.name) if s.name else "") or next(iter(running.values()), None)
     try:
         arc = arc or services.archive(s)
         snap = health.snapshot(arc, s.min_free_mb * health.MB)
@@ -39,7 +40,8 @@ def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict
         **snap.counts, "jobs": snap.jobs,
         "last_received_at": snap.last_received_at.replace(tzinfo=UTC).isoformat() if snap.last_received_at else None,
         # what this run counted, when there is a run (a stopped node's files are a past run's)
-        **(counted(metrics.read(layout.metrics)) if pid else {}),
+        **({"nodes": [{"name": n, "pid": p} for n, p in running.items()]} if len(running) > 1 else {}),
+        **(counted(metrics.read(services.metrics_folder(s, layout))) if pid else {}),
     }
     if today and arc is not None and not snap.index_error:
         out["today"] = health.arrivals_and_findings(arc, health.start_of_day(now()))

@@ -3,9 +3,13 @@
 Jobs are inserted in the same transaction as the instance they are about, so
 an acknowledged instance always has its jobs. A worker claims a job with a
 conditional UPDATE (pending -> running) that only one claimant can win, on
-SQLite and PostgreSQL alike. Jobs left running by a crash go back to pending
-when the node starts; actions are written to be idempotent, so running one
-twice is harmless.
+SQLite and PostgreSQL alike, and holds it with a lease: the node's name
+(`owner`) and a time (`lease_until`) that a heartbeat keeps pushing forward
+while the node lives. Several nodes can share one index: a node takes back
+to pending only the running jobs that are its own from before it started, or
+whose lease ran out (a dead node's), never a live node's; and a node whose
+lease was taken over no longer records its outcome over the new claimant's.
+Actions are written to be idempotent, so running one twice is harmless.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from dicomnode.storage.index.db import Database
 from dicomnode.storage.index.models import Instance, Job, now, table
@@ -64,9 +68,11 @@ class Outcome:
 
 
 class JobQueue:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, owner: str = "", lease: float = 60.0) -> None:
         self.db = db
         self.engine = db.engine
+        self.owner = owner  # this node's name in the leases it takes
+        self.lease = lease  # seconds a claim holds without a heartbeat
 
     def claim(self, limit: int = 1) -> list[ClaimedJob]:
         """Take up to `limit` due jobs (pending -> running) in one transaction.
@@ -81,7 +87,8 @@ class JobQueue:
             if not ids:
                 return []
             rows = conn.execute(update(JOBS).where(JOBS.c.id.in_(ids), JOBS.c.state == "pending")
-                                .values(state="running", attempts=JOBS.c.attempts + 1, updated_at=t)
+                                .values(state="running", attempts=JOBS.c.attempts + 1, updated_at=t,
+                                        owner=self.owner, lease_until=t + timedelta(seconds=self.lease))
                                 .returning(JOBS.c.id, JOBS.c.sop_instance_uid, JOBS.c.action, JOBS.c.attempts)).all()
         return sorted((ClaimedJob(r.id, r.sop_instance_uid, r.action, r.attempts) for r in rows), key=lambda j: j.id)
 
@@ -95,15 +102,32 @@ class JobQueue:
                 else:
                     values = {"state": o.state_after_failure, "last_error": o.error[:2000], "updated_at": t,
                               "not_before": t + timedelta(seconds=o.retry_delay)}
-                conn.execute(update(JOBS).where(JOBS.c.id == o.job.id).values(**values))
-                if o.figures is not None:
+                # only while the claim is still ours: a job taken over (our lease ran out) is the new
+                # claimant's to record; ours is dropped, and the job simply runs again there
+                mine = conn.execute(update(JOBS).where(JOBS.c.id == o.job.id, JOBS.c.state == "running",
+                                                       JOBS.c.owner == self.owner)
+                                    .values(**values, lease_until=None)).rowcount
+                if mine and o.figures is not None:
                     _record_analysis(conn, o.job.sop_instance_uid, o.figures, t)
 
-    def requeue_running(self) -> int:
-        """At start-up: what a crash left running is run again."""
+    def heartbeat(self) -> int:
+        """Push the leases of this node's running jobs forward; the number still held."""
+        t = now()
         with self.db.writing_connection() as conn:
-            return conn.execute(update(JOBS).where(JOBS.c.state == "running")
-                                .values(state="pending", not_before=now(), updated_at=now())).rowcount
+            return conn.execute(update(JOBS).where(JOBS.c.state == "running", JOBS.c.owner == self.owner)
+                                .values(lease_until=t + timedelta(seconds=self.lease))).rowcount
+
+    def requeue(self, own: bool = False) -> int:
+        """Running jobs whose lease ran out (a dead node's) back to pending; with `own` (at start-up)
+        also this node's own from its last run, which a crash cut short. A live node's, never."""
+        t = now()
+        stale = or_(JOBS.c.lease_until.is_(None), JOBS.c.lease_until < t)
+        if own:
+            stale = or_(stale, JOBS.c.owner == self.owner)
+        with self.db.writing_connection() as conn:
+            return conn.execute(update(JOBS).where(JOBS.c.state == "running", stale)
+                                .values(state="pending", not_before=t, updated_at=t, owner=None,
+                                        lease_until=None)).rowcount
 
     def retry(self, job_id: int | None = None, all_failed: bool = False) -> int:
         q = update(JOBS).values(state="pending", attempts=0, not_before=now(), updated_at=now())

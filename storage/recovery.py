@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,23 +58,41 @@ class Recovery:
                 f"({self.folders} folder(s) looked at)")
 
 
-class RunMarker:
-    """The archive's run marker, held (an exclusive lock) for as long as this serve runs."""
+def marker_name(node: str) -> str:
+    """A node name as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", node)[:100]
 
-    def __init__(self, layout: Layout) -> None:
-        self.path = layout.root / RUN_MARKER
+
+class RunMarker:
+    """The archive's run marker, held (an exclusive lock) for as long as this serve runs. A node
+    with a name (several nodes sharing one archive) has its own: run/<name>.run."""
+
+    def __init__(self, layout: Layout, node: str = "") -> None:
+        self.path = layout.root / RUN_MARKER if not node else layout.root / "run" / f"{marker_name(node)}.run"
         self._fd: int | None = None
+
+    @staticmethod
+    def running(layout: Layout) -> list[tuple[str, int]]:
+        """Every serve running on this archive: (node name, or "" for the unnamed one; PID)."""
+        found = [("", RunMarker(layout).running_pid())]
+        run = layout.root / "run"
+        if run.is_dir():
+            found += [(p.stem, RunMarker(layout, p.stem).running_pid()) for p in sorted(run.glob("*.run"))]
+        return [(name, pid) for name, pid in found if pid is not None]
 
     def acquire(self) -> float | None:
         """Lock the marker; the start time of a last run that crashed, else None. Raises
         RuntimeError when another serve holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             held_by = self.path.read_text().strip() or "?"
-            raise RuntimeError(f"another `dicomnode serve` (PID {held_by}) is running on this archive") from None
+            raise RuntimeError(f"another `dicomnode serve` (PID {held_by}) is running on this archive"
+                               f"{' as node ' + self.path.stem if self.path.parent.name == 'run' else ''}; "
+                               "several nodes on one archive need a [node] name each") from None
         self._fd = fd
         st = os.fstat(fd)
         crashed = st.st_mtime if st.st_size else None  # a clean stop leaves it empty
@@ -103,9 +122,9 @@ class RunMarker:
         self._fd = None
 
 
-def begin_run(layout: Layout, index: Index, plan: Plan | None = None) -> tuple[RunMarker, Recovery]:
+def begin_run(layout: Layout, index: Index, plan: Plan | None = None, node: str = "") -> tuple[RunMarker, Recovery]:
     """At serve's start, before listening: recover from a crashed last run, and mark this one."""
-    marker = RunMarker(layout)
+    marker = RunMarker(layout, node)
     since = marker.acquire()
     rec = Recovery()
     if since is not None:

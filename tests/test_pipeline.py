@@ -55,9 +55,13 @@ def test_jobs_survive_kill9(make_node, tmp_path: Path) -> None:
     assert storescu(node, *files).returncode == 0
     assert depth(node)["pending"] == 20
     # and one job claimed by a worker that then died with the node
+    import socket
+
     from dicomnode.storage.archive import open_archive
 
-    claimed = open_archive(node.storage).jobs.claim()
+    queue = open_archive(node.storage).jobs
+    queue.owner = f"{socket.gethostname()}/{node.aet}"  # as the node's own worker claims (HOST/AET)
+    claimed = queue.claim()
     assert len(claimed) == 1
     node.kill9()
 

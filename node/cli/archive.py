@@ -259,7 +259,7 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="index orphans, 
     total = arc.index.stats()["instances"]
     with c.progress() as bar:
         task = bar.add_task("checking", total=total)
-        live = RunMarker(arc.layout).running_pid() is not None  # a serve storing while we look
+        live = bool(RunMarker.running(arc.layout))  # a serve (any node's) storing while we look
         report = run_check(arc.layout, arc.index, verify_hashes=not quick, progress=lambda: bar.advance(task),
                            live=live)
     if repair and not report.consistent:

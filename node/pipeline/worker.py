@@ -132,11 +132,29 @@ def worker_process_main(settings: Settings, stop_event: multiprocessing.synchron
     # one Worker per thread: a Worker keeps the files of the batch it is running
     threads = [threading.Thread(target=Worker(settings, arc).loop, args=(stop, activity), name=f"worker-{i}",
                                 daemon=True) for i in range(settings.workers)]
+    threads.append(threading.Thread(target=_leases, args=(arc, stop), name="leases", daemon=True))
     for t in threads:
         t.start()
     ready_event.set()
     for t in threads:
         t.join()
+
+
+def _leases(arc: Archive, stop: Callable[[], bool]) -> None:
+    """Keep this node's claims alive (a heartbeat every third of the lease), and take over the running
+    jobs of nodes whose leases ran out (a node that died while others share the index)."""
+    interval = max(arc.jobs.lease / 3, 0.2)
+    while not stop():
+        try:
+            arc.jobs.heartbeat()
+            taken = arc.jobs.requeue()
+            if taken:
+                log.warning("%d job(s) of a node whose lease ran out: queued again here", taken)
+        except Exception:  # the database went away for a moment: the next beat tries again
+            log.exception("job leases: index unavailable")
+        deadline = time.monotonic() + interval
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _yield_cpu_to_receiver() -> None:

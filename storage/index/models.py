@@ -160,6 +160,10 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Str)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # a running job's claim: the node running it, and until when (renewed while it runs); a claim
+    # past its time is a dead node's, and any node takes the job over (storage/jobs.py)
+    owner: Mapped[str | None] = mapped_column(Str)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),)
 
 
