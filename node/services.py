@@ -23,7 +23,7 @@ from dicomnode.storage.query.sql import UNIQUE_KEYS
 def archive(settings: Settings, create: bool = False) -> Archive:
     """The archive and index the settings name; made there only with `create` (see open_archive).
     Its job queue takes leases in this node's name."""
-    arc = open_archive(settings.storage_path, settings.db_url, create=create)
+    arc = open_archive(settings.storage_path, settings.db_url, create=create, node=settings.name)
     arc.jobs.owner, arc.jobs.lease = settings.node_name, settings.job_lease_seconds
     return arc
 
@@ -31,9 +31,9 @@ def archive(settings: Settings, create: bool = False) -> Archive:
 def metrics_folder(settings: Settings, layout: Layout) -> Path:
     """Where this node's processes count (node/metrics.py): its own folder when it has a name, as
     nodes sharing an archive would otherwise reset each other's counts."""
-    from dicomnode.storage.recovery import marker_name
+    from dicomnode.storage.archive.layout import safe_name
 
-    return layout.metrics if not settings.name else layout.metrics.with_name(f"metrics-{marker_name(settings.name)}")
+    return layout.metrics if not settings.name else layout.metrics.with_name(f"metrics-{safe_name(settings.name)}")
 
 
 def ingester(settings: Settings, arc: Archive, plan: Plan | None = None) -> Ingester:

@@ -16,9 +16,9 @@ from dicomnode.node import metrics, services
 from dicomnode.node.settings import Settings
 from dicomnode.storage import health
 from dicomnode.storage.archive import Archive
-from dicomnode.storage.archive.layout import Layout
+from dicomnode.storage.archive.layout import Layout, safe_name
 from dicomnode.storage.index.models import now
-from dicomnode.storage.recovery import RunMarker, marker_name
+from dicomnode.storage.recovery import RunMarker
 
 
 def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict
     since midnight (UTC) and the analysis findings."""
     layout = Layout(s.storage_path.expanduser().resolve())
     running = dict(RunMarker.running(layout))
-    pid = running.get(marker_name(s.name) if s.name else "") or next(iter(running.values()), None)
+    pid = running.get(safe_name(s.name) if s.name else "") or next(iter(running.values()), None)
     try:
         arc = arc or services.archive(s)
         snap = health.snapshot(arc, s.min_free_mb * health.MB)

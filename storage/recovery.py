@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from dicomnode.storage.archive import durable
 from dicomnode.storage.archive.ingest import Plan
-from dicomnode.storage.archive.layout import Layout
+from dicomnode.storage.archive.layout import Layout, safe_name
 from dicomnode.storage.check import adopt
 from dicomnode.storage.index.rows import Index
 
@@ -41,6 +40,7 @@ log = logging.getLogger("dicomnode.recovery")
 RUN_MARKER = "serve.run"
 SLACK_SECONDS = 5.0  # file system timestamps are coarse and clocks step: look a little further back
 BATCH = 500
+YOUNG_SECONDS = 60.0  # an unindexed object this new may be another live node's, just before its commit
 
 
 @dataclass
@@ -51,16 +51,14 @@ class Recovery:
     removed: list[str] = field(default_factory=list)
     temp_removed: int = 0
     unrepairable: list[str] = field(default_factory=list)
+    left_young: int = 0  # unindexed objects too new to judge while other nodes run
 
     def summary(self) -> str:
         return (f"{len(self.indexed)} object(s) stored but not indexed when it stopped are indexed now, "
                 f"{len(self.removed)} replaced file(s) and {self.temp_removed} temp file(s) removed "
-                f"({self.folders} folder(s) looked at)")
-
-
-def marker_name(node: str) -> str:
-    """A node name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", node)[:100]
+                f"({self.folders} folder(s) looked at)"
+                + (f"; {self.left_young} new unindexed object(s) left to the other nodes running"
+                   if self.left_young else ""))
 
 
 class RunMarker:
@@ -68,7 +66,7 @@ class RunMarker:
     with a name (several nodes sharing one archive) has its own: run/<name>.run."""
 
     def __init__(self, layout: Layout, node: str = "") -> None:
-        self.path = layout.root / RUN_MARKER if not node else layout.root / "run" / f"{marker_name(node)}.run"
+        self.path = layout.root / RUN_MARKER if not node else layout.root / "run" / f"{safe_name(node)}.run"
         self._fd: int | None = None
 
     @staticmethod
@@ -129,13 +127,18 @@ def begin_run(layout: Layout, index: Index, plan: Plan | None = None, node: str 
     rec = Recovery()
     if since is not None:
         rec.crashed = True
-        recover(layout, index, since - SLACK_SECONDS, plan, rec)
+        others = [name for name, _ in RunMarker.running(layout) if name != safe_name(node)]
+        recover(layout, index, since - SLACK_SECONDS, plan, rec, others_live=bool(others))
     return marker, rec
 
 
 def recover(layout: Layout, index: Index, since: float, plan: Plan | None = None,
-            rec: Recovery | None = None) -> Recovery:
-    """Index the orphans and remove the stale temp files in the folders changed since `since`."""
+            rec: Recovery | None = None, others_live: bool = False) -> Recovery:
+    """Index the orphans and remove the stale temp files in the folders changed since `since`.
+
+    With `others_live` (other nodes share the archive and are running) an unindexed object younger
+    than YOUNG_SECONDS may be another node's, placed a moment before its commit: it is left alone
+    (counted; `dicomnode check --repair` indexes it later if it stays unindexed)."""
     rec = rec or Recovery()
     t0 = time.monotonic()
     candidates: list[str] = []
@@ -157,6 +160,9 @@ def recover(layout: Layout, index: Index, since: float, plan: Plan | None = None
         for rel in chunk:
             if rel in known:
                 continue
+            if others_live and _young(layout, rel):
+                rec.left_young += 1
+                continue
             done = adopt(layout, index, rel, "recovered at start-up", plan)
             if done == "indexed":
                 rec.indexed.append(rel)
@@ -167,6 +173,13 @@ def recover(layout: Layout, index: Index, since: float, plan: Plan | None = None
                 log.warning("cannot index %s left by the crash: %s (`dicomnode check` lists it)", rel, done)
     log.info("recovery looked at %d folder(s) in %.2f s", rec.folders, time.monotonic() - t0)
     return rec
+
+
+def _young(layout: Layout, rel: str) -> bool:
+    try:
+        return time.time() - layout.absolute(rel).stat().st_mtime < YOUNG_SECONDS
+    except FileNotFoundError:
+        return True  # gone already: not ours to judge
 
 
 def _changed_folders(top: Path, since: float) -> Iterator[str]:

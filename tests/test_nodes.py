@@ -85,8 +85,9 @@ def test_two_nodes_on_one_postgresql_and_one_archive(pg_url: str, tmp_path: Path
         sent_a = write_ct_series(tmp_path / "a", 10, rows=16, cols=16, patient_id="PA")
         sent_b = write_ct_series(tmp_path / "b", 10, rows=16, cols=16, patient_id="PB")
         assert storescu(a, *sent_a).returncode == 0 and storescu(b, *sent_b).returncode == 0
-        # each answers for what either stored
+        # each answers for what either stored; each receives into temp files of its own
         assert _findscu_count(a) == 20 and _findscu_count(b) == 20
+        assert (storage / "tmp" / "node-a").is_dir() and (storage / "tmp" / "node-b").is_dir()
 
         def queue() -> dict[str, int]:
             return json.loads(cli("jobs", "--storage", str(storage), "--db", pg_url, "--json").stdout)["depth"]

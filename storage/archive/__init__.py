@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.errors import ArchiveError
 from dicomnode.storage.archive.durable import clean_stale_temp, make_dirs_durable
-from dicomnode.storage.archive.layout import INDEX_FILE, Layout
+from dicomnode.storage.archive.layout import INDEX_FILE, Layout, safe_name
 from dicomnode.storage.audit import AuditLog
 from dicomnode.storage.index.db import Database
 from dicomnode.storage.index.rows import Index
@@ -29,16 +29,17 @@ class Archive:
     audit: AuditLog
 
 
-def open_archive(root: Path, db_url: str | None = None, create: bool = True) -> Archive:
+def open_archive(root: Path, db_url: str | None = None, create: bool = True, node: str = "") -> Archive:
     """Open the archive at `root` and its index (migrated to the current schema).
 
     With `create` (the commands that store: serve, import, get) the folders
     are made if needed and temp files of dead processes are removed. Without
     it (everything that only reads or edits what is there) an archive must
     already be there: a mistyped --storage never leaves an empty archive behind.
-    Any problem is an ArchiveError naming the folder or database.
+    Any problem is an ArchiveError naming the folder or database. A named `node` (one of several
+    sharing the archive) has temp files of its own (Layout.tmp), and cleans only those.
     """
-    layout = Layout(root.expanduser().resolve())
+    layout = Layout(root.expanduser().resolve(), safe_name(node))
     url = db_url or layout.default_index_url
     missing = ArchiveError(f"no archive at {layout.root} (`dicomnode serve` or `dicomnode import` makes one)")
     if not create and db_url is None and not (layout.objects.is_dir() and (layout.root / INDEX_FILE).is_file()):
@@ -58,3 +59,4 @@ def open_archive(root: Path, db_url: str | None = None, create: bool = True) -> 
         raise ArchiveError(f"cannot open the index of {layout.root}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}") from exc
     return Archive(layout, db, Index(db), JobQueue(db), AuditLog(layout.audit))
+

@@ -3,7 +3,8 @@
     <root>/objects/<ab>/<study>/<series>/<instance>-<content>.dcm   the objects
     <root>/objects/.../<instance>-<content>.dcm.analysis.json       an object's analysis report
     <root>/derived/<ab>/<study>/<series>/...                        conversions (PNG, MP4, ...)
-    <root>/tmp/                 temp files being received (same file system: renames are atomic)
+    <root>/tmp/                 temp files being received (same file system: renames are atomic);
+                                tmp/<node>/ for a named node (several nodes sharing the archive)
     <root>/run/metrics/         the running node's Prometheus values (node/metrics.py; emptied at start)
     <root>/secret/anonymize.key  the node's pseudonym key (made on first use, mode 0600)
     <root>/audit/audit.jsonl    the audit trail (storage/audit.py), rotated as audit.jsonl.1 ...
@@ -19,6 +20,7 @@ the new one.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,11 @@ INDEX_FILE = "index.sqlite"
 REPORT_SUFFIX = ".analysis.json"
 
 
+def safe_name(node: str) -> str:
+    """A node's name as a file or folder name (run markers, temp and metrics folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", node)[:100]
+
+
 def uid_hash(uid: str) -> str:
     return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:20]
 
@@ -39,6 +46,7 @@ def uid_hash(uid: str) -> str:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    node: str = ""  # a named node's own temp folder: its start-up clean-up never touches another node's
 
     @property
     def objects(self) -> Path:
@@ -46,7 +54,7 @@ class Layout:
 
     @property
     def tmp(self) -> Path:
-        return self.root / TMP
+        return self.root / TMP / self.node if self.node else self.root / TMP
 
     @property
     def metrics(self) -> Path:
