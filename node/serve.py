@@ -100,11 +100,14 @@ def _serve(settings: Settings, arc: Archive) -> int:
                      depth["failed"], depth["done"])
 
     log.info("stopping: no new associations; waiting up to %.0f s for %d open",
-             settings.shutdown_grace, len(ae.active_associations))
+             settings.shutdown_grace, sum(1 for a in ae.active_associations if a.is_established))
     for server in servers:
         server.shutdown()
+    # only associations hold the stop up: connections that never became one (a load balancer's
+    # health check, a port scan) have nothing to finish, and their threads, waiting up to
+    # acse_timeout for an A-ASSOCIATE-RQ, end with the process
     deadline = time.monotonic() + settings.shutdown_grace
-    while ae.active_associations and time.monotonic() < deadline:
+    while any(a.is_established for a in ae.active_associations) and time.monotonic() < deadline:
         time.sleep(0.05)
     scp.in_flight.wait_idle(timeout=max(settings.dimse_timeout, 5.0))
     for assoc in ae.active_associations:

@@ -126,3 +126,40 @@ def test_two_nodes_on_one_postgresql_and_one_archive(pg_url: str, tmp_path: Path
     finally:
         a.stop()
         b.stop()
+
+
+def test_haproxy_balances_two_nodes_with_the_example_config(pg_url: str, tmp_path: Path) -> None:
+    """config/haproxy.cfg as shipped, in front of two nodes with one AE title: associations go to
+    both, every object is stored once, and a query through HAProxy sees them all."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.net import free_port, wait_port
+    from tests.support.proc import ROOT
+
+    haproxy = need("haproxy")
+    storage = tmp_path / "shared"
+    env = {"DICOMNODE_MIN_FREE_MB": "0"}
+    a = Node(storage, {**env, "DICOMNODE_NAME": "node-a"}, ["--db", pg_url]).start()
+    b = Node(storage, {**env, "DICOMNODE_NAME": "node-b"}, ["--db", pg_url]).start()
+    port = free_port()
+    proxy = subprocess.Popen([haproxy, "-db", "-f", str(ROOT / "config" / "haproxy.cfg")],
+                             env={**os.environ, "DICOM_BIND": f"127.0.0.1:{port}", "NODE_A": f"127.0.0.1:{a.port}",
+                                  "NODE_B": f"127.0.0.1:{b.port}"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 15)
+        front = Node(storage, env, port=port)  # where the modalities send: HAProxy
+        batches = [write_ct_series(tmp_path / f"s{i}", 3, rows=16, cols=16, patient_id=f"HP{i}") for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            sent = list(pool.map(lambda files: storescu(front, *files).returncode, batches))
+        assert sent == [0] * 8
+        assert _findscu_count(front) == 24
+        served = [log.count("released after") for log in (a.log(), b.log())]
+        assert sum(served) >= 8 and min(served) >= 1, served  # both nodes took associations
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        a.stop()
+        b.stop()
