@@ -3,7 +3,7 @@
 C-FIND latency (the node and Orthanc on the same 10,000-study index),
 conversion (MP4 against GIF), ingest (the node, DCMTK storescp, Orthanc),
 DICOMweb (the node and Orthanc's DICOMweb plugin; whether the web side slows DIMSE),
-the cost of DICOM TLS against plain TCP, the viewer in Chromium; on request (--only soak) a ten-minute kill -9 soak.
+the cost of DICOM TLS against plain TCP, the viewer in Chromium, one node against two behind HAProxy; on request (--only soak) a ten-minute kill -9 soak.
 Prints tables and writes bench-results/bench.json.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.benchmarks import convert, dicomweb, find, ingest, soak, tls, viewer
+from scripts.benchmarks import convert, dicomweb, find, ingest, scaleout, soak, tls, viewer
 from tests.support.proc import ROOT
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
-    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb", "tls", "soak", "viewer"], help="run one part (default: all)")
+    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb", "tls", "soak", "viewer", "scaleout"], help="run one part (default: all)")
     ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
     ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     ap.add_argument("--soak-minutes", type=float, default=10.0, help="length of the kill -9 soak (--only soak)")
@@ -70,6 +70,12 @@ def main() -> int:
                          "QIDO-RS request from Python (median ms)")
             results.update({f"viewer: {k}": v for k, v in got.items()})
             shutil.rmtree(work / "viewer", ignore_errors=True)
+        if args.only in (None, "scaleout") and shutil.which("haproxy"):
+            got = scaleout.run(work / "scaleout", args.reps)
+            report(got, title=f"scale-out: {scaleout.CLIENTS} storescu clients x {scaleout.PER_CLIENT} CT 512x512 "
+                              "through HAProxy, one node against two on one PostgreSQL and archive (medians)")
+            results.update({f"scaleout: {k}": v for k, v in got.items()})
+            shutil.rmtree(work / "scaleout", ignore_errors=True)
         if args.only == "soak":  # ten minutes: only when asked for
             got = soak.run(work / "soak", args.soak_minutes)
             report(got, title="soak: kill -9 every 30 s, four storescu clients and a findscu loop")
