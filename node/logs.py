@@ -6,9 +6,11 @@ import logging
 import sys
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, process: str = "") -> None:
+    """`process` names a process other than the main one in its lines ([receiver-1] ...)."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+                        format=f"%(asctime)s %(levelname)s {'[' + process + '] ' if process else ''}%(message)s",
+                        stream=sys.stderr)
     # pynetdicom narrates every PDU at INFO; we log one line per association and per object.
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)

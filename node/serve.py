@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import ssl
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from pynetdicom import AE
@@ -14,7 +17,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.errors import ArchiveError
 from dicomnode.node import metrics, services
-from dicomnode.node.dimse import tls
+from dicomnode.node.activity import Activity
+from dicomnode.node.dimse import patches, tls
 from dicomnode.node.dimse.commitment import CommitmentSCP
 from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
@@ -53,20 +57,21 @@ def _serve(settings: Settings, arc: Archive) -> int:
     if requeued:
         log.warning("%d job(s) this node (or a node whose lease ran out) was running: queued again", requeued)
     workers = WorkerProcess(settings) if settings.workers > 0 else None
-    scp = StorageSCP(settings, services.ingester(settings, arc), workers.activity if workers else None)
-    qr = QueryRetrieveSCP(settings, arc)
-    commitment = CommitmentSCP(settings, arc)
-    ae = scp.build_ae()
+    scp, qr, ae, handlers = _dimse(settings, arc, workers.activity if workers else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
     web = WebProcess(settings) if settings.http_port >= 0 else None
     servers: list[ThreadedAssociationServer] = []
+    receivers = ReceiverProcesses(settings, workers.activity if workers else None)
+    if receivers.count:  # several receiving processes share the DIMSE port(s): the kernel spreads connections
+        patches.share_port()
     try:  # from here on a failure must stop what has started (a live worker keeps us from exiting)
         if workers:
             workers.start()
-        servers = _listen(settings, ae, scp.handlers() + qr.handlers() + commitment.handlers())
+        servers = _listen(settings, ae, handlers)
+        receivers.start(servers)
         if web is not None:
             try:
                 web.start()
@@ -75,14 +80,14 @@ def _serve(settings: Settings, arc: Archive) -> int:
     except BaseException:
         for server in servers:
             server.shutdown()
+        receivers.stop()
         if workers:
             workers.stop()
         raise
+    _own_address(qr, servers)
     for server in servers:
         host, port = server.server_address[:2]
         secure = server.ssl_context is not None
-        if qr.own_address is None:  # C-MOVE to our own AE title comes back here
-            qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, secure)
         print(f"dicomnode listening {'with TLS ' if secure else ''}on {host}:{port} as {settings.aet}", flush=True)
         metrics.listening("dicom-tls" if secure else "dicom", host, port)
     if web is not None:
@@ -99,6 +104,36 @@ def _serve(settings: Settings, arc: Archive) -> int:
             log.info("queue: %d pending, %d running, %d failed, %d done", depth["pending"], depth["running"],
                      depth["failed"], depth["done"])
 
+    receivers.signal_stop()  # they drain side by side with this one
+    _drain(settings, ae, servers, scp)
+    receivers.stop()
+    if web is not None:
+        web.stop()
+    if workers:
+        workers.stop()
+    log.info("stopped")
+    return 0
+
+
+def _dimse(settings: Settings, arc: Archive, activity: Activity | None
+           ) -> tuple[StorageSCP, QueryRetrieveSCP, AE, list[Any]]:
+    """The DIMSE services of one receiving process: storage, Q/R, storage commitment."""
+    scp = StorageSCP(settings, services.ingester(settings, arc), activity)
+    qr = QueryRetrieveSCP(settings, arc)
+    commitment = CommitmentSCP(settings, arc)
+    return scp, qr, scp.build_ae(), scp.handlers() + qr.handlers() + commitment.handlers()
+
+
+def _own_address(qr: QueryRetrieveSCP, servers: list[ThreadedAssociationServer]) -> None:
+    """Where a C-MOVE to our own AE title comes back: the first listener."""
+    for server in servers:
+        host, port = server.server_address[:2]
+        if qr.own_address is None:
+            qr.own_address = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, server.ssl_context is not None)
+
+
+def _drain(settings: Settings, ae: AE, servers: list[ThreadedAssociationServer], scp: StorageSCP) -> None:
+    """Stop listening, let open associations finish (up to shutdown_grace), then end the rest."""
     log.info("stopping: no new associations; waiting up to %.0f s for %d open",
              settings.shutdown_grace, sum(1 for a in ae.active_associations if a.is_established))
     for server in servers:
@@ -112,12 +147,82 @@ def _serve(settings: Settings, arc: Archive) -> int:
     scp.in_flight.wait_idle(timeout=max(settings.dimse_timeout, 5.0))
     for assoc in ae.active_associations:
         assoc.abort()
-    if web is not None:
-        web.stop()
-    if workers:
-        workers.stop()
-    log.info("stopped")
-    return 0
+
+
+class ReceiverProcesses:
+    """`[network] receivers` - 1 more processes receiving on this node's DIMSE port(s) beside the
+    main one (SO_REUSEPORT: the kernel hands each new connection to one of them), so that
+    parsing, hashing and writing use every core. Each has its own connections to the index and
+    its own group commit; the main process keeps the run marker, the recovery, the web side and
+    the worker. A receiving process that dies takes its own associations with it; the others go on."""
+
+    def __init__(self, settings: Settings, activity: Activity | None) -> None:
+        wanted = settings.receivers or (os.cpu_count() or 1)
+        self.count = max(wanted - 1, 0)
+        self.settings = settings
+        self.activity = activity
+        self._ctx = multiprocessing.get_context("spawn")
+        self.procs: list[Any] = []
+
+    def start(self, servers: list[ThreadedAssociationServer]) -> None:
+        if not self.count:
+            return
+        ports = {("tls" if s.ssl_context is not None else "plain"): s.server_address[1] for s in servers}
+        child = replace(self.settings, port=ports.get("plain", self.settings.port),
+                        tls_port=ports.get("tls", self.settings.tls_port))
+        readies = []
+        for i in range(self.count):
+            ready = self._ctx.Event()
+            proc = self._ctx.Process(target=receiver_main, args=(child, ready, self.activity),
+                                     name=f"dicomnode-receiver-{i + 1}", daemon=False)
+            proc.start()
+            self.procs.append(proc)
+            readies.append((proc, ready))
+        for proc, ready in readies:
+            if not ready.wait(60):
+                raise OSError(f"receiving process {proc.name} did not start (see the log)")
+        log.info("%d more receiving process(es) on the DIMSE port(s)", self.count)
+
+    def signal_stop(self) -> None:
+        """SIGTERM to each: a signal, not a shared lock (a process killed while holding one would
+        leave the others unable to be told)."""
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def stop(self) -> None:
+        self.signal_stop()
+        limit = time.monotonic() + self.settings.shutdown_grace + max(self.settings.dimse_timeout, 5.0) + 10
+        for proc in self.procs:
+            proc.join(max(limit - time.monotonic(), 0.1))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+
+
+def receiver_main(settings: Settings, ready_event: Any, activity: Activity | None) -> None:
+    """A receiving process: the DIMSE services on the shared port(s) until SIGTERM (from the main
+    process) or the main process's death."""
+    from dicomnode.node.logs import setup_logging
+
+    setup_logging(settings.log_level, multiprocessing.current_process().name.replace("dicomnode-", ""))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    parent = os.getppid()
+    arc = services.archive(settings)
+    patches.share_port()
+    scp, qr, ae, handlers = _dimse(settings, arc, activity)
+    servers = _listen(settings, ae, handlers)
+    _own_address(qr, servers)
+    ready_event.set()
+    while not stop_event.wait(0.5):
+        if os.getppid() != parent:  # the main process died without telling us (kill -9)
+            break
+    _drain(settings, ae, servers, scp)
 
 
 def _listen(settings: Settings, ae: AE, handlers: list[Any]) -> list[ThreadedAssociationServer]:

@@ -1,6 +1,6 @@
 """Every place dicomnode reaches into pynetdicom's internals, behind one version check.
 
-pynetdicom's public API has no hook for six things the node needs:
+pynetdicom's public API has no hook for seven things the node needs:
   - received data sets written into a sink of ours (the archive's temp folder,
     hashed while written) rather than a NamedTemporaryFile: `receive_into`;
   - C-MOVE/C-GET sub-operations sent from an archived file without loading
@@ -15,13 +15,15 @@ pynetdicom's public API has no hook for six things the node needs:
     one stays silent): `handshake_in_thread`;
   - sending a request (the storage commitment report) on an association the
     peer opened, from another thread, without the association's own reactor
-    taking the response off the queue: `reactor_paused`.
+    taking the response off the queue: `reactor_paused`;
+  - listeners that several receiving processes share (SO_REUSEPORT): `share_port`.
 Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
 on another minor version rather than misbehave (pyproject.toml pins it).
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +97,23 @@ def wrap_socket_recv(wrap: Callable[[Callable[..., bytearray]], Callable[..., by
         return
     AssociationSocket.recv = wrap(AssociationSocket.recv)  # type: ignore[method-assign]
     _applied.add("recv")
+
+
+def share_port() -> None:
+    """Listeners bound from now on set SO_REUSEPORT, so that several receiving processes can listen
+    on one port (the kernel spreads new connections over them). pynetdicom's server_bind sets its
+    own options and ignores socketserver's allow_reuse_port, so it is wrapped here."""
+    original = AssociationServer.server_bind
+    if getattr(original, "_shares_port", False):
+        return
+
+    def server_bind(self: AssociationServer) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        original(self)
+
+    server_bind._shares_port = True  # type: ignore[attr-defined]
+    AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
 
 
 def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:

@@ -1,5 +1,6 @@
-"""Scale-out: one node against two nodes sharing one PostgreSQL index and one archive, behind
-HAProxy with config/haproxy.cfg, on this machine; images/s over 8 concurrent associations.
+"""Scale-out: one node against one node with two receiving processes ([network] receivers = 2)
+and against two nodes sharing one PostgreSQL index and one archive, all behind HAProxy with
+config/haproxy.cfg, on this machine; images/s over 8 concurrent associations.
 
 Workload: 8 DCMTK storescu clients of 40 CT images 512x512 each (320 images, about 168 MB), all
 through HAProxy (for one node both of HAProxy's servers are that node, so the path is the same).
@@ -33,23 +34,28 @@ def run(work: Path, reps: int = 3) -> dict[str, dict[str, float]]:
     for i, folder in enumerate(folders):
         write_ct_series(folder, PER_CLIENT, patient_id=f"SO{i}", seed=i)
     server = postgres.server(work / "pg")
-    rates: dict[str, list[float]] = {"1 node": [], "2 nodes": []}
+    setups = (("1 node", 1, 1), ("1 node, 2 receiving processes", 1, 2), ("2 nodes", 2, 1))
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in setups}
     try:
         for rep in range(reps):
-            for label, count in (("1 node", 1), ("2 nodes", 2)):
+            for label, count, receivers in setups:
                 print(f"  rep {rep + 1}/{reps}: {label}", file=sys.stderr)
                 with server.database() as url:
-                    rates[label].append(_once(work / f"run-{rep}-{count}", url, count, folders))
+                    rates[label].append(_once(work / f"run-{rep}-{count}-{receivers}", url, count, receivers,
+                                              folders))
     finally:
         server.stop()
-    one, two = statistics.median(rates["1 node"]), statistics.median(rates["2 nodes"])
-    return {"dicomnode": {"1 node, images/s": round(one, 1), "2 nodes, images/s": round(two, 1),
-                          "2 nodes / 1 node": round(two / one, 2)}}
+    one = statistics.median(rates["1 node"])
+    out = {f"{label}, images/s": round(statistics.median(r), 1) for label, r in rates.items()}
+    out.update({f"{label} / 1 node": round(statistics.median(r) / one, 2) for label, r in rates.items()
+                if label != "1 node"})
+    return {"dicomnode": out}
 
 
-def _once(work: Path, url: str, count: int, folders: list[Path]) -> float:
+def _once(work: Path, url: str, count: int, receivers: int, folders: list[Path]) -> float:
     storage = work / "archive"
-    env = {"DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING"}
+    work.mkdir(parents=True, exist_ok=True)
+    env = {"DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING", "DICOMNODE_RECEIVERS": str(receivers)}
     nodes = [Node(storage, {**env, "DICOMNODE_NAME": f"node-{i}"}, ["--db", url]).start() for i in range(count)]
     port = free_port()
     proxy = subprocess.Popen(["haproxy", "-db", "-f", str(ROOT / "config" / "haproxy.cfg")],
