@@ -36,7 +36,7 @@ def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; exit 0 after in-flight stores have completed."""
     arc = services.archive(settings, create=True)
     try:
-        marker, recovered = begin_run(arc.layout, arc.index, settings.actions_for, settings.name)
+        marker, recovered = begin_run(arc.layout, arc.index, settings.actions_for)
     except RuntimeError as exc:
         raise ArchiveError(str(exc)) from None
     if recovered.crashed:
@@ -44,8 +44,7 @@ def serve(settings: Settings) -> int:
     for what in recovered.unrepairable:
         log.warning("left by the crash and not indexed: %s", what)
     try:
-        metrics.begin_run(services.metrics_folder(settings, arc.layout))  # only now: the marker's lock
-        # says no other serve of this name uses it
+        metrics.begin_run(arc.layout.metrics)  # only now: the marker's lock says no other serve uses it
         return _serve(settings, arc)
     finally:
         marker.release()  # also after a failed start: nothing of this run is left to recover

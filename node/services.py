@@ -28,14 +28,6 @@ def archive(settings: Settings, create: bool = False) -> Archive:
     return arc
 
 
-def metrics_folder(settings: Settings, layout: Layout) -> Path:
-    """Where this node's processes count (node/metrics.py): its own folder when it has a name, as
-    nodes sharing an archive would otherwise reset each other's counts."""
-    from dicomnode.storage.archive.layout import safe_name
-
-    return layout.metrics if not settings.name else layout.metrics.with_name(f"metrics-{safe_name(settings.name)}")
-
-
 def ingester(settings: Settings, arc: Archive, plan: Plan | None = None) -> Ingester:
     """The archive's ingest path with the settings' policies; on-arrival jobs by the settings' rules
     unless another plan is given."""

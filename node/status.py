@@ -24,9 +24,9 @@ from dicomnode.storage.recovery import RunMarker
 def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict[str, Any]:
     """The report (of `arc` when the caller has the archive open); with `today`, also what arrived
     since midnight (UTC) and the analysis findings."""
-    layout = Layout(s.storage_path.expanduser().resolve())
+    layout = Layout(s.storage_path.expanduser().resolve(), safe_name(s.name))
     running = dict(RunMarker.running(layout))
-    pid = running.get(safe_name(s.name) if s.name else "") or next(iter(running.values()), None)
+    pid = running.get(layout.node) or next(iter(running.values()), None)
     try:
         arc = arc or services.archive(s)
         snap = health.snapshot(arc, s.min_free_mb * health.MB)
@@ -41,7 +41,7 @@ def report(s: Settings, arc: Archive | None = None, today: bool = False) -> dict
         "last_received_at": snap.last_received_at.replace(tzinfo=UTC).isoformat() if snap.last_received_at else None,
         # what this run counted, when there is a run (a stopped node's files are a past run's)
         **({"nodes": [{"name": n, "pid": p} for n, p in running.items()]} if len(running) > 1 else {}),
-        **(counted(metrics.read(services.metrics_folder(s, layout))) if pid else {}),
+        **(counted(metrics.read(layout.metrics)) if pid else {}),
     }
     if today and arc is not None and not snap.index_error:
         out["today"] = health.arrivals_and_findings(arc, health.start_of_day(now()))

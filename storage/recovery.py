@@ -12,7 +12,7 @@ What a crash can leave, by construction (storage/archive/ingest.py, commit.py):
   - temp files of derived files and reports (atomic_file) beside the objects and under derived/;
   - jobs left running (serve queues them again).
 
-Where to look without reading the whole archive: `serve` holds a run marker (RUN_MARKER, locked,
+Where to look without reading the whole archive: `serve` holds a run marker (Layout.run_marker, locked,
 holding its PID) while it runs and empties it when it stops cleanly. A marker found not empty
 means the last run crashed; only the series folders changed since that run started (folder
 mtime: a rename into a folder changes it) can hold its leftovers. The lock also keeps a second
@@ -31,13 +31,12 @@ from pathlib import Path
 
 from dicomnode.storage.archive import durable
 from dicomnode.storage.archive.ingest import Plan
-from dicomnode.storage.archive.layout import Layout, safe_name
+from dicomnode.storage.archive.layout import Layout
 from dicomnode.storage.check import adopt
 from dicomnode.storage.index.rows import Index
 
 log = logging.getLogger("dicomnode.recovery")
 
-RUN_MARKER = "serve.run"
 SLACK_SECONDS = 5.0  # file system timestamps are coarse and clocks step: look a little further back
 BATCH = 500
 YOUNG_SECONDS = 60.0  # an unindexed object this new may be another live node's, just before its commit
@@ -62,20 +61,18 @@ class Recovery:
 
 
 class RunMarker:
-    """The archive's run marker, held (an exclusive lock) for as long as this serve runs. A node
-    with a name (several nodes sharing one archive) has its own: run/<name>.run."""
+    """The archive's run marker (Layout.run_marker: the node's own when it has a name), held (an
+    exclusive lock) for as long as this serve runs."""
 
-    def __init__(self, layout: Layout, node: str = "") -> None:
-        self.path = layout.root / RUN_MARKER if not node else layout.root / "run" / f"{safe_name(node)}.run"
+    def __init__(self, layout: Layout) -> None:
+        self.path = layout.run_marker
         self._fd: int | None = None
 
     @staticmethod
     def running(layout: Layout) -> list[tuple[str, int]]:
         """Every serve running on this archive: (node name, or "" for the unnamed one; PID)."""
-        found = [("", RunMarker(layout).running_pid())]
-        run = layout.root / "run"
-        if run.is_dir():
-            found += [(p.stem, RunMarker(layout, p.stem).running_pid()) for p in sorted(run.glob("*.run"))]
+        found = [("", RunMarker(Layout(layout.root)).running_pid())]
+        found += [(name, RunMarker(Layout(layout.root, name)).running_pid()) for name, _ in layout.named_markers()]
         return [(name, pid) for name, pid in found if pid is not None]
 
     def acquire(self) -> float | None:
@@ -120,14 +117,14 @@ class RunMarker:
         self._fd = None
 
 
-def begin_run(layout: Layout, index: Index, plan: Plan | None = None, node: str = "") -> tuple[RunMarker, Recovery]:
+def begin_run(layout: Layout, index: Index, plan: Plan | None = None) -> tuple[RunMarker, Recovery]:
     """At serve's start, before listening: recover from a crashed last run, and mark this one."""
-    marker = RunMarker(layout, node)
+    marker = RunMarker(layout)
     since = marker.acquire()
     rec = Recovery()
     if since is not None:
         rec.crashed = True
-        others = [name for name, _ in RunMarker.running(layout) if name != safe_name(node)]
+        others = [name for name, _ in RunMarker.running(layout) if name != layout.node]
         recover(layout, index, since - SLACK_SECONDS, plan, rec, others_live=bool(others))
     return marker, rec
 

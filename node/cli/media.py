@@ -185,22 +185,13 @@ def create(
         raise typer.Exit(c.EXIT_USAGE)
     arc = c.archive(s, create=out is None) if (out is None or study or series) else None
     try:
-        if study or series:
-            assert arc is not None
-            ctx = make.archived_context(arc, study, series, s.uid_root, modality)
-        elif not patient_id:
-            raise make.CreateError("a new study needs --patient-id (or name an archived one with --study)")
-        else:
-            ctx = make.Context(uid_root=s.uid_root, modality=modality)
-            ctx.patient = {k: v for k, v in (("PatientID", patient_id), ("PatientName", patient_name),
-                                             ("PatientBirthDate", birth_date), ("PatientSex", sex)) if v}
-            ctx.study = {k: v for k, v in (("StudyDescription", study_description), ("AccessionNumber", accession))
-                         if v}
+        ctx = make.context_for(arc, s.uid_root, modality, study, series, {
+            "PatientID": patient_id, "PatientName": patient_name, "PatientBirthDate": birth_date, "PatientSex": sex,
+            "StudyDescription": study_description, "AccessionNumber": accession,
+            "SeriesDescription": series_description})
     except make.CreateError as exc:
-        c.error(str(exc))
+        c.error(str(exc).replace("a PatientID", "--patient-id"))
         raise typer.Exit(c.EXIT_USAGE) from None
-    if series_description and not series:
-        ctx.series["SeriesDescription"] = series_description
     images = [p for p in inputs if make.kind_of(p) == "image"]
     groups: list[tuple[str, list[Path]]] = ([("image", [p]) for p in images] if separate or len(images) < 2
                                             else [("image", images)])

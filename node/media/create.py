@@ -453,7 +453,6 @@ def _file_chunks(path: Path, pad: bool) -> Iterator[bytes]:
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".h264", ".264"}
-KINDS = ("image", "array", "pdf", "video")
 # what an archived study lends a new object (Patient and General Study modules), and a series adds
 PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
@@ -468,25 +467,44 @@ def kind_of(path: Path) -> str | None:
             else "video" if suffix in VIDEO_SUFFIXES else None)
 
 
-def archived_context(arc: Archive, study: str | None = None, series: str | None = None, uid_root: str = "",
-                     modality: str | None = None) -> Context:
-    """A Context for an object going into an archived study (a new series) or series; CreateError
-    when the archive holds no such study or series."""
-    from pydicom import dcmread
+class NotArchived(CreateError):
+    """The study or series a new object should go into is not in the archive."""
 
-    from dicomnode.storage.query.listing import list_level
 
-    key = {"SeriesInstanceUID": series} if series else {"StudyInstanceUID": study or ""}
-    found = list(list_level(arc.db, "IMAGE", key, limit=1))
-    if not found:
-        raise CreateError(f"{series or study}: no such {'series' if series else 'study'} in the archive")
-    header = dcmread(arc.layout.absolute(found[0]["path"]), stop_before_pixels=True)
+# what a caller may say of a new study (and SeriesDescription, of a new series)
+NEW_STUDY_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDescription", "AccessionNumber")
+
+
+def context_for(arc: Archive | None, uid_root: str = "", modality: str | None = None, study: str | None = None,
+                series: str | None = None, attributes: dict[str, str | None] | None = None) -> Context:
+    """Where a new object goes: into an archived `study` (patient and study copied, a new series) or
+    `series` (NotArchived when there is none), else into a new study made of `attributes`
+    (NEW_STUDY_KEYS; PatientID required). A new series takes attributes' SeriesDescription."""
+    given = {k: v for k, v in (attributes or {}).items() if v}
     ctx = Context(uid_root=uid_root, modality=modality)
-    ctx.patient = {k: header.get(k) for k in PATIENT_KEYS if header.get(k) is not None}
-    ctx.study = {k: header.get(k) for k in STUDY_KEYS if header.get(k) is not None}
-    if series:
-        ctx.series = {k: header.get(k) for k in SERIES_KEYS if header.get(k) is not None}
-        ctx.modality = modality or str(header.get("Modality") or "") or None
+    if study or series:
+        from pydicom import dcmread
+
+        from dicomnode.storage.query.listing import list_level
+
+        assert arc is not None
+        key = {"SeriesInstanceUID": series} if series else {"StudyInstanceUID": study or ""}
+        found = list(list_level(arc.db, "IMAGE", key, limit=1))
+        if not found:
+            raise NotArchived(f"{series or study}: no such {'series' if series else 'study'} in the archive")
+        header = dcmread(arc.layout.absolute(found[0]["path"]), stop_before_pixels=True)
+        ctx.patient = {k: header.get(k) for k in PATIENT_KEYS if header.get(k) is not None}
+        ctx.study = {k: header.get(k) for k in STUDY_KEYS if header.get(k) is not None}
+        if series:
+            ctx.series = {k: header.get(k) for k in SERIES_KEYS if header.get(k) is not None}
+            ctx.modality = modality or str(header.get("Modality") or "") or None
+    elif not given.get("PatientID"):
+        raise CreateError("a new study needs a PatientID (or name an archived study or series)")
+    else:
+        ctx.patient = {k: given[k] for k in NEW_STUDY_KEYS[:4] if k in given}
+        ctx.study = {k: given[k] for k in NEW_STUDY_KEYS[4:] if k in given}
+    if given.get("SeriesDescription") and not series:
+        ctx.series["SeriesDescription"] = given["SeriesDescription"]
     return ctx
 
 

@@ -92,7 +92,7 @@ def _write_tree(files: list[Path], tree: Path, syntax: str | None, done: Exporte
                 advance: Callable[[], None] | None) -> None:
     fs = FileSet()
     fs.ID = FILE_SET_ID
-    sources: dict[str, Path] = {}
+    sources: dict[str, tuple[Path, str]] = {}  # SOP Instance UID -> (archived file, its transfer syntax)
     counters: dict[str, int] = {}
     for path in files:
         uid = ""
@@ -107,7 +107,7 @@ def _write_tree(files: list[Path], tree: Path, syntax: str | None, done: Exporte
                 leaf.ReferencedTransferSyntaxUIDInFile = syntax
             if leaf.DirectoryRecordType == "SR DOCUMENT":
                 _sr_record(leaf, header)
-            sources[uid] = path
+            sources[uid] = (path, str(header.file_meta.TransferSyntaxUID))
         except Exception as exc:  # a header pydicom cannot read, or a record it cannot make
             for half in [i for i in fs if i.SOPInstanceUID == uid and uid not in sources]:
                 fs.remove(half)  # FileSet registers an instance before it has written its placeholder
@@ -118,9 +118,9 @@ def _write_tree(files: list[Path], tree: Path, syntax: str | None, done: Exporte
         raise MediaError("nothing to export: " + "; ".join(f"{p.name}: {why}" for p, why in done.failed[:5]))
     fs.write(tree)  # the DICOMDIR, and header-only files where the instances go
     for instance in fs:
-        source = sources[instance.SOPInstanceUID]
+        source, stored = sources[instance.SOPInstanceUID]
         target = tree / instance.FileID
-        _put(source, target, syntax)
+        _put(source, target, syntax if syntax and stored != syntax else None)
         done.instances += 1
         done.bytes += target.stat().st_size
         if advance:
@@ -165,10 +165,10 @@ def _sr_record(leaf: Dataset, header: Dataset) -> None:
 
 
 def _put(source: Path, target: Path, syntax: str | None) -> None:
-    """The archived file at `target` (replacing FileSet's header-only copy), durably."""
-    stored = dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID if syntax else None
+    """The archived file at `target` (replacing FileSet's header-only copy), durably: as it is, or
+    rewritten in `syntax` when one is given."""
     with atomic_file(target) as temp:
-        if not syntax or stored == syntax:
+        if not syntax:
             shutil.copyfile(source, temp)
             return
         ds = dcmread(source)
@@ -294,8 +294,7 @@ def _record(item: Dataset, media: Media) -> Record:
     record = Record(kind, keys)
     raw = item.get("ReferencedFileID")
     if raw:
-        parts = [str(p).strip() for p in (raw if isinstance(raw, (list, tuple)) or hasattr(raw, "__iter__")
-                                          and not isinstance(raw, str) else [raw])]
+        parts = [str(p).strip() for p in ([raw] if isinstance(raw, str) else raw)]  # one component, or several
         record.file_id = "\\".join(parts)
         path = _safe_path(media.root, parts)
         if path is None:

@@ -37,7 +37,6 @@ from dicomnode.node.web.wado import instance_url
 TYPES = {"image/png": ("image", ".png"), "image/jpeg": ("image", ".jpg"), "image/tiff": ("image", ".tif"),
          "image/bmp": ("image", ".bmp"), "application/x-npy": ("array", ".npy"), "application/pdf": ("pdf", ".pdf"),
          "video/mp4": ("video", ".mp4"), "video/quicktime": ("video", ".mov")}
-NEW_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDescription", "AccessionNumber")
 
 
 async def create(request: Request) -> Response:
@@ -71,23 +70,18 @@ async def create(request: Request) -> Response:
             return problem(400, "an empty body: send the file")
 
         def made() -> tuple[make.NewObject, int, str]:
-            if q.get("study") or q.get("series"):
-                ctx = make.archived_context(web.archive, q.get("study"), q.get("series"), web.settings.uid_root,
-                                            q.get("Modality"))
-            else:
-                ctx = make.Context(uid_root=web.settings.uid_root, modality=q.get("Modality"))
-                ctx.patient = {k: q[k] for k in NEW_STUDY[:4] if q.get(k)}
-                ctx.study = {k: q[k] for k in NEW_STUDY[4:] if q.get(k)}
-            if q.get("SeriesDescription") and not q.get("series"):
-                ctx.series["SeriesDescription"] = q["SeriesDescription"]
+            ctx = make.context_for(web.archive, web.settings.uid_root, q.get("Modality"), q.get("study"),
+                                   q.get("series"), {k: q.get(k) for k in (*make.NEW_STUDY_KEYS, "SeriesDescription")})
             obj = make.from_files(kind, [upload], ctx, spacing, slope, intercept, q.get("title"))
             out = make.store(obj, web.ingester)
             return obj, out.status, out.comment
 
         try:
             obj, status, comment = await anyio.to_thread.run_sync(made)
+        except make.NotArchived as exc:
+            return problem(404, str(exc))
         except make.CreateError as exc:
-            return problem(404 if "no such" in str(exc) else 422, str(exc))
+            return problem(422, str(exc))
         if status == 0xA700:
             return problem(507, comment)
         if status != 0:

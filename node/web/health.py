@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from dicomnode.node import metrics, services
+from dicomnode.node import metrics
 from dicomnode.node.web.context import Web
 from dicomnode.storage import health
 
@@ -47,7 +47,7 @@ def scrape(request: Request) -> Response:
     """The Prometheus text format: the processes' counters and the archive's figures."""
     web: Web = request.app.state.web
     registry = CollectorRegistry(auto_describe=False)
-    counted = metrics.collector(services.metrics_folder(web.settings, web.archive.layout))
+    counted = metrics.collector(web.archive.layout.metrics)
     if counted is not None:  # none without `serve` (an app run on its own)
         registry.register(counted)
     registry.register(_Archive(web))

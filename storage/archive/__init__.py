@@ -59,4 +59,3 @@ def open_archive(root: Path, db_url: str | None = None, create: bool = True, nod
         raise ArchiveError(f"cannot open the index of {layout.root}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}") from exc
     return Archive(layout, db, Index(db), JobQueue(db), AuditLog(layout.audit))
-

@@ -5,7 +5,9 @@
     <root>/derived/<ab>/<study>/<series>/...                        conversions (PNG, MP4, ...)
     <root>/tmp/                 temp files being received (same file system: renames are atomic);
                                 tmp/<node>/ for a named node (several nodes sharing the archive)
-    <root>/run/metrics/         the running node's Prometheus values (node/metrics.py; emptied at start)
+    <root>/run/metrics/         the running node's Prometheus values (node/metrics.py; emptied at start);
+                                run/metrics-<node>/ for a named node
+    <root>/serve.run            the run marker of `serve` (storage/recovery.py); run/<node>.run for a named node
     <root>/secret/anonymize.key  the node's pseudonym key (made on first use, mode 0600)
     <root>/audit/audit.jsonl    the audit trail (storage/audit.py), rotated as audit.jsonl.1 ...
     <root>/index.sqlite         the default index
@@ -31,6 +33,7 @@ METRICS = "metrics"
 SECRET = "secret"
 AUDIT = "audit"
 INDEX_FILE = "index.sqlite"
+RUN_MARKER = "serve.run"
 REPORT_SUFFIX = ".analysis.json"
 
 
@@ -46,7 +49,9 @@ def uid_hash(uid: str) -> str:
 @dataclass(frozen=True)
 class Layout:
     root: Path
-    node: str = ""  # a named node's own temp folder: its start-up clean-up never touches another node's
+    # a named node (one of several sharing the archive; safe_name'd): its own temp folder (its
+    # start-up clean-up never touches another node's), run marker and metrics folder
+    node: str = ""
 
     @property
     def objects(self) -> Path:
@@ -60,8 +65,19 @@ class Layout:
     def metrics(self) -> Path:
         """The running node's metric values, one mmap file per process (prometheus-client's
         multiprocess mode), emptied when `serve` starts. Not under tmp/: that holds only objects
-        being received (and is checked to be empty after failures)."""
-        return self.root / "run" / METRICS
+        being received (and is checked to be empty after failures). A named node has its own: nodes
+        sharing an archive would otherwise reset each other's counts."""
+        return self.root / "run" / (f"{METRICS}-{self.node}" if self.node else METRICS)
+
+    @property
+    def run_marker(self) -> Path:
+        """Held by `serve` while it runs (storage/recovery.py); one per named node."""
+        return self.root / "run" / f"{self.node}.run" if self.node else self.root / RUN_MARKER
+
+    def named_markers(self) -> list[tuple[str, Path]]:
+        """(node, run marker) of every named node that has run on this archive."""
+        run = self.root / "run"
+        return [(p.stem, p) for p in sorted(run.glob("*.run"))] if run.is_dir() else []
 
     @property
     def derived(self) -> Path:

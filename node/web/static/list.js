@@ -1,7 +1,7 @@
 // The study list: a QIDO-RS search (one page at a time, sorted by the server: `orderby`), a study
 // opens in the viewer. Search terms stay in the tab's session storage, never in the page's URL
 // (no patient data in URLs beyond UIDs), so Back returns to the same search.
-import { BASE, TAG, el, formatDate, formatTime, json, markNav, request, text, value } from "./api.js";
+import { BASE, TAG, el, formatDate, formatTime, markNav, request, text, value } from "./api.js";
 
 const PAGE = 50;
 const STATE_KEY = "dicomnode.search";
