@@ -192,6 +192,21 @@ def test_find_fills_every_requested_key(archive: Archive) -> None:
     assert "SeriesInstanceUID" in r and not r.SeriesInstanceUID  # a key below the level: present, empty
 
 
+def test_find_answers_alike_in_every_transfer_syntax(archive: Archive) -> None:
+    """Implicit and Explicit VR Little Endian answers are encoded by node/dimse/wire.py, Big Endian
+    ones by pydicom: the same values either way, non-ASCII names and sequences included."""
+    keys = ["QueryRetrieveLevel=STUDY", "PatientID=QR001", "SpecificCharacterSet=ISO_IR 100", "PatientName",
+            "StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+            "ReferencedStudySequence[0].ReferencedSOPInstanceUID", "SliceThickness"]
+    answers = {}
+    for syntax in ("-xi", "-xe", "-xb"):
+        got, log = findscu(archive.node.port, archive.node.aet, keys, extra=[syntax])
+        assert "Final Find Response (Success)" in log, log[-2000:]
+        answers[syntax] = sorted((sorted((e.keyword, str(e.value)) for e in r if e.keyword) for r in got))
+    assert answers["-xi"] and answers["-xi"] == answers["-xe"] == answers["-xb"]
+    assert any(("PatientName", "Müller^Jürgen") in r for r in answers["-xi"])
+
+
 def test_find_refuses_what_the_model_forbids(archive: Archive) -> None:
     _got, log = findscu(archive.node.port, archive.node.aet,
                         ["QueryRetrieveLevel=STUDY", "PatientName=doe*"], model="-P")

@@ -22,7 +22,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 
 from dicomnode.errors import AssociationFailed
-from dicomnode.node.dimse import tls
+from dicomnode.node.dimse import patches, tls, wire
 from dicomnode.node.peers import Peer
 from dicomnode.node.settings import Settings
 
@@ -91,6 +91,8 @@ def retired_storage_classes() -> tuple[str, ...]:
 
 def server_ae(s: Settings) -> AE:
     """The node's AE: Verification, Q/R, and every storage class in every transfer syntax."""
+    patches.encode_with(wire.encode_flat)
+    patches.quick_find_responses()
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
     ae.require_calling_aet = list(s.allowed_calling)
@@ -121,6 +123,7 @@ def server_ae(s: Settings) -> AE:
 
 
 def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
+    patches.encode_with(wire.encode_flat)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse

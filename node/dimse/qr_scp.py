@@ -29,7 +29,7 @@ from pynetdicom.service_class import QueryRetrieveServiceClass
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.errors import QueryError
-from dicomnode.node.dimse import patches, retrieve, tls
+from dicomnode.node.dimse import patches, retrieve, tls, wire
 from dicomnode.node.dimse.ae import qr_root
 from dicomnode.node.dimse.status import (
     CANCEL,
@@ -51,9 +51,10 @@ from dicomnode.storage.query.identifier import (
     MAX_KEY_NESTING,
     HeaderReader,
     Request,
-    build_response,
+    dataset_of,
     iter_matches,
     parse_identifier,
+    response_elements,
 )
 from dicomnode.storage.query.matching import LIST, SINGLE, Condition
 from dicomnode.storage.query.sql import UNIQUE_KEYS, Key, Query, build_query, run
@@ -143,6 +144,9 @@ class QueryRetrieveSCP:
         n = 0
         limit = self.settings.max_results
         headers = HeaderReader(self.layout.root)
+        syntax = event.context.transfer_syntax
+        # responses are encoded here, straight from their elements, when the syntax allows it
+        encode, implicit = not syntax.is_deflated and syntax.is_little_endian, syntax.is_implicit_VR
         try:
             with self.db.engine.connect() as conn:
                 for row, header in iter_matches(req, run(conn, req.query, self.db.dialect), headers):
@@ -155,7 +159,10 @@ class QueryRetrieveSCP:
                         yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
                         return
                     _let_the_peer_speak(event.assoc)
-                    yield PENDING, build_response(req, row, header, self.settings.aet)
+                    elements = response_elements(req, row, header, self.settings.aet)
+                    data = wire.encode_elements(elements, implicit) if encode else None
+                    yield PENDING, (wire.Encoded(data, implicit, elements) if data is not None
+                                    else dataset_of(elements))
                     n += 1
         except SQLAlchemyError as exc:
             log.error("C-FIND from %s failed: %s", who, exc)
@@ -235,7 +242,7 @@ class QueryRetrieveSCP:
         return query
 
 
-def _let_the_peer_speak(assoc: Association, backlog: int = 2, patience: float = 5.0) -> None:
+def _let_the_peer_speak(assoc: Association, backlog: int = 64, patience: float = 5.0) -> None:
     """Wait until the association has sent (almost) all we queued.
 
     pynetdicom's DUL thread either sends a queued PDU or reads one from the

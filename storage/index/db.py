@@ -11,6 +11,8 @@ plain BEGIN and, in WAL mode, never hold up a writer.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -82,6 +84,26 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+@contextmanager
+def _first_opening(url: str) -> Iterator[None]:
+    """Processes opening one SQLite file take turns (a lock file beside it) until it is migrated.
+
+    Two `dicomnode import`s started at once on a new archive failed one time in five with
+    "database is locked": switching a new file to WAL takes a lock SQLite does not wait for.
+    PostgreSQL serialises Alembic's DDL itself.
+    """
+    path = make_url(url).database if is_sqlite(url) else None
+    if not path or path == ":memory:":
+        yield
+        return
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class Database:
     """The index database: its engine, read sessions, and write transactions.
 
@@ -93,12 +115,13 @@ class Database:
     def __init__(self, url: str, must_exist: bool = False) -> None:
         self.url = url
         self.engine = create_index_engine(url)
-        if must_exist:
-            with self.engine.connect() as conn:
-                if not inspect(conn).has_table("alembic_version"):
-                    shown = make_url(url).render_as_string(hide_password=True)
-                    raise ArchiveError(f"no archive index in {shown}")
-        migrate(self.engine)
+        with _first_opening(url):
+            if must_exist:
+                with self.engine.connect() as conn:
+                    if not inspect(conn).has_table("alembic_version"):
+                        shown = make_url(url).render_as_string(hide_password=True)
+                        raise ArchiveError(f"no archive index in {shown}")
+            migrate(self.engine)
         self.dialect = self.engine.dialect.name
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)  # reads
         self.write_engine = writer(self.engine)

@@ -49,6 +49,7 @@ class Request:
     keys: list[tuple[str, str, Condition | None]] = field(default_factory=list)
     charset: list[str] = field(default_factory=list)
     sequences: dict[str, Dataset | None] = field(default_factory=dict)  # SQ key -> its request item
+    plan: list[tuple[int, str, str, str]] | None = None  # how each key gets its value (response_elements)
 
 
 def parse_identifier(ds: Dataset, model: str, fold_pn: bool = True, hierarchical: bool = True) -> Request:
@@ -182,46 +183,91 @@ def _sequence_matches(request_item: Dataset, stored: Any) -> bool:
 # -- responses --------------------------------------------------------------------
 
 
-def build_response(req: Request, row: dict[str, Any], header: Dataset | None, aet: str) -> Dataset:
-    """One pending response: every key of the identifier, in its order, with a value where known."""
-    rsp = Dataset()
+Element = tuple[int, str, Any]  # tag, VR, value: a response element before it is a DataElement
+
+
+def response_elements(req: Request, row: dict[str, Any], header: Dataset | None,
+                      aet: str) -> list[Element]:
+    """One pending response as (tag, VR, value) in tag order: every key of the identifier with a
+    value where known, the response's Specific Character Set among them when it needs one.
+
+    Values of stored headers are taken as they are (not copied); build_response makes the data
+    set, the C-FIND front end may encode these directly (node/dimse/wire.py)."""
+    out: list[Element] = []
     texts: list[str] = []
-    sources = {k.keyword: k.source for k in req.query.keys}
-    for elem in req.identifier:
-        tag = elem.tag
-        if tag == CHARSET or tag.is_private or tag.element == 0:
-            continue
-        if tag == QUERY_LEVEL:
-            rsp.QueryRetrieveLevel = req.query.level
-            continue
-        if tag == RETRIEVE_AET:
-            rsp.RetrieveAETitle = aet
-            continue
-        if tag == AVAILABILITY:
-            rsp.InstanceAvailability = "ONLINE"
-            continue
-        kw = elem.keyword
-        vr = element_vr(elem)
-        source = sources.get(kw, "header")
-        if vr == "SQ":
-            rsp[tag] = _sequence_response(header, kw, req.sequences.get(kw))
-            continue
-        if source in ("index", "computed"):
+    for tag, kw, vr, kind in _plan(req):
+        value: Any = None
+        if kind == "level":
+            value = req.query.level
+        elif kind == "aet":
+            value = aet
+        elif kind == "availability":
+            value = "ONLINE"
+        elif kind == "sequence":
+            value = _sequence_response(header, kw, req.sequences.get(kw)).value
+        elif kind == "index":
             value = index_value(kw, vr, row.get(kw))
-            new = DataElement(tag, vr, value)
-        elif source == "header" and header is not None and tag in header:
-            new = _decoded(header[tag])
-        else:
-            new = DataElement(tag, vr, None)
-        rsp[tag] = new
-        texts.extend(_texts(new))
-    if "QueryRetrieveLevel" not in rsp:
-        rsp.QueryRetrieveLevel = req.query.level
-    if "RetrieveAETitle" not in rsp:
-        rsp.RetrieveAETitle = aet
+        elif kind == "header" and header is not None and tag in header:
+            stored = header[tag]
+            vr, value = stored.VR, (_decoded(stored).value if stored.VR == "SQ" else stored.value)
+        out.append((tag, vr, value))
+        if value is not None:
+            texts.extend(_texts(DataElement(tag, vr, value)) if vr == "SQ" else _value_texts(value))
+    present = {e[0] for e in out}
+    if QUERY_LEVEL not in present:
+        _insert(out, (QUERY_LEVEL, "CS", req.query.level))
+    if RETRIEVE_AET not in present:
+        _insert(out, (RETRIEVE_AET, "AE", aet))
     charset = response_charset(req.charset, texts)
     if charset:
-        rsp.SpecificCharacterSet = charset
+        _insert(out, (CHARSET, "CS", charset))
+    return out
+
+
+def _plan(req: Request) -> list[tuple[int, str, str, str]]:
+    """How each identifier key gets its value (decided once per request): (tag, keyword, VR, kind)."""
+    plan = req.plan
+    if plan is None:
+        sources = {k.keyword: k.source for k in req.query.keys}
+        plan = []
+        for elem in req.identifier:
+            tag = elem.tag
+            if tag == CHARSET or tag.is_private or tag.element == 0:
+                continue
+            kw = elem.keyword
+            vr = element_vr(elem)
+            kind = {QUERY_LEVEL: "level", RETRIEVE_AET: "aet", AVAILABILITY: "availability"}.get(int(tag)) or (
+                "sequence" if vr == "SQ" else
+                "index" if sources.get(kw, "header") in ("index", "computed") else
+                "header" if sources.get(kw, "header") == "header" else "empty")
+            plan.append((int(tag), kw, "CS" if kind in ("level", "availability") else "AE" if kind == "aet"
+                         else vr, kind))
+        req.plan = plan
+    return plan
+
+
+def _insert(elements: list[Element], element: Element) -> None:
+    i = 0
+    while i < len(elements) and elements[i][0] < element[0]:
+        i += 1
+    elements.insert(i, element)
+
+
+def _value_texts(value: Any) -> list[str]:
+    if isinstance(value, (list, MultiValue)):
+        return [str(x) for x in value]
+    return [str(value)] if isinstance(value, (str, PersonName)) else []
+
+
+def build_response(req: Request, row: dict[str, Any], header: Dataset | None, aet: str) -> Dataset:
+    """One pending response: every key of the identifier, in its order, with a value where known."""
+    return dataset_of(response_elements(req, row, header, aet))
+
+
+def dataset_of(elements: list[Element]) -> Dataset:
+    rsp = Dataset()
+    for tag, vr, value in elements:
+        rsp[tag] = DataElement(tag, vr, value)
     return rsp
 
 

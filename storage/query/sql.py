@@ -191,8 +191,9 @@ def select_for(q: Query, dialect: str = "sqlite", extra_columns: bool = True) ->
 def run(conn: Connection, q: Query, dialect: str = "sqlite", batch: int = 500) -> Iterator[dict[str, Any]]:
     """Stream the matching rows as dicts keyword -> value."""
     result = conn.execution_options(yield_per=batch).execute(select_for(q, dialect))
-    for row in result.mappings():
-        yield dict(row)
+    keys = list(result.keys())
+    for row in result:
+        yield dict(zip(keys, row))
 
 
 # -- SQL pieces ---------------------------------------------------------------
