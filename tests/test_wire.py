@@ -5,6 +5,7 @@ odd lengths, numbers, empty values)."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pynetdicom.dimse_primitives import C_FIND
-from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 
 from dicomnode.node.dimse import wire
 from tests.support.datagen import pydicom_test_files
@@ -107,14 +109,52 @@ def test_what_is_left_to_pydicom() -> None:
     assert other == pydicom_bytes(enc.dataset(), False)
 
 
-def test_command_sets_as_pynetdicom_encodes_them() -> None:
-    """Command sets (always Implicit VR Little Endian) of a pending C-FIND response."""
-    for status in (0xFF00, 0xFF01, 0x0000, 0xA900):
+def _primitives() -> list[tuple[object, bool]]:
+    """DIMSE-C primitives as the node sends them, with and without their optional parameters."""
+    out: list[tuple[object, bool]] = []
+    for status in (0xFF00, 0xFF01, 0x0000, 0xA900, 0xFE00):
         rsp = C_FIND()
         rsp.MessageIDBeingRespondedTo = 7
         rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
         rsp.Status = status
-        msg = C_FIND_RSP()
-        msg.primitive_to_message(rsp)
-        cs = msg.command_set
-        assert wire.encode_flat(cs, True, True) == pydicom_bytes(cs, True)
+        if status == 0xA900:
+            rsp.ErrorComment = "bad key"
+        out.append((rsp, status in (0xFF00, 0xFF01)))
+    for originator in (None, "MOVESCU"):
+        rq = C_STORE()
+        rq.MessageID, rq.Priority = 3, 2
+        rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+        if originator:
+            rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID = originator, 9
+        out.append((rq, True))
+    st = C_STORE()
+    st.MessageIDBeingRespondedTo, st.Status = 3, 0x0000
+    st.AffectedSOPClassUID, st.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+    out.append((st, False))
+    for kind in (C_GET, C_MOVE):
+        for status in (0xFF00, 0x0000, 0xB000):
+            r = kind()
+            r.MessageIDBeingRespondedTo, r.Status = 5, status
+            r.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+            r.NumberOfRemainingSuboperations = 10 if status == 0xFF00 else None
+            r.NumberOfCompletedSuboperations, r.NumberOfFailedSuboperations = 490, 0
+            r.NumberOfWarningSuboperations = 0
+            out.append((r, False))
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo, echo.Status = 1, 0x0000
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    out.append((echo, False))
+    return out
+
+
+@pytest.mark.parametrize("primitive, has_data", _primitives())
+def test_command_sets_as_pynetdicom_encodes_them(primitive: object, has_data: bool) -> None:
+    """Command sets (always Implicit VR Little Endian), byte for byte as pynetdicom makes them."""
+    response = primitive.MessageIDBeingRespondedTo is not None  # type: ignore[attr-defined]
+    msg = (_RSP_TO_MESSAGE if response else _RQ_TO_MESSAGE)[type(primitive)]()
+    if has_data:  # what decides Command Data Set Type
+        setattr(primitive, _DATASET_KEYWORDS[type(msg).__name__], BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "))
+    msg.primitive_to_message(primitive)
+    name = type(msg).__name__.replace("_", "-")
+    expected = pydicom_bytes(msg.command_set, True)
+    assert wire.command_set(name, primitive, _COMMAND_SET_KEYWORDS[name], has_data) == expected

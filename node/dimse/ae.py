@@ -38,6 +38,12 @@ QR_MODELS: dict[str, dict[str, str]] = {
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
 QR_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+# The acceptor's order decides which proposed syntax is accepted (pynetdicom). pynetdicom's list puts
+# Implicit VR first: a sender proposing Explicit VR (DCMTK's default) had to convert every file to
+# Implicit VR, which was then stored without its VRs, and a C-GET of a file stored in Explicit VR
+# was decoded and re-encoded per image. Explicit VR Little Endian first, then Implicit, then the rest.
+STORAGE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
 
 
 def qr_root(service: str, sop_class_uid: str) -> str | None:
@@ -92,7 +98,7 @@ def retired_storage_classes() -> tuple[str, ...]:
 def server_ae(s: Settings) -> AE:
     """The node's AE: Verification, Q/R, and every storage class in every transfer syntax."""
     patches.encode_with(wire.encode_flat)
-    patches.quick_find_responses()
+    patches.quick_send(wire.command_set)
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
     ae.require_calling_aet = list(s.allowed_calling)
@@ -110,13 +116,13 @@ def server_ae(s: Settings) -> AE:
             ae.add_supported_context(uid, QR_SYNTAXES)
     for cx in AllStoragePresentationContexts:
         # both roles: a C-GET requester proposes to be the storage SCP on its own association
-        ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(str(cx.abstract_syntax), STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     for i, uid in enumerate((*retired_storage_classes(), *s.extra_sop_classes)):
         # pynetdicom routes a C-STORE by its SOP class's service: retired and private classes must be
         # registered as storage
         if uid_to_service_class(uid) is not StorageServiceClass:
             register_uid(uid, f"AcceptedStorage{i}", StorageServiceClass)
-        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(uid, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     for cx in ae.supported_contexts:
         cx.__class__ = _CheaplyCopiedContext
     return ae
@@ -124,6 +130,7 @@ def server_ae(s: Settings) -> AE:
 
 def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
     patches.encode_with(wire.encode_flat)
+    patches.quick_send(wire.command_set)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse

@@ -14,13 +14,16 @@ loading it:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomnode.node.dimse import patches
@@ -80,7 +83,8 @@ def _send_archived(assoc: Association, item: ArchivedFile, original: Any, **kwar
                          f"accepted no presentation context for {UID(sop_class).name}")
     syntaxes = {str(cx.transfer_syntax[0]) for cx in usable}
     if ts in syntaxes:
-        return original(assoc, path, **kwargs)
+        cx = next(cx for cx in usable if str(cx.transfer_syntax[0]) == ts)
+        return _send_as_stored(assoc, cast(int, cx.context_id), item, path, **kwargs)
     ds: Dataset = dcmread(path)
     if UID(ts) not in NATIVE:
         if not syntaxes & {str(s) for s in NATIVE}:
@@ -91,6 +95,60 @@ def _send_archived(assoc: Association, item: ArchivedFile, original: Any, **kwar
     elif UID(ts) == ExplicitVRBigEndian:  # pynetdicom re-encodes little endian syntaxes only
         ds = little_endian(ds)
     return original(assoc, ds, **kwargs)
+
+
+def _send_as_stored(assoc: Association, context_id: int, item: ArchivedFile, path: Path, msg_id: int = 1,
+                    priority: int = 2, originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+    """One C-STORE sub-operation of a file as it is stored: what pynetdicom's send_c_store does for
+    a file, less what cost a C-MOVE of 500 CT images half its time: its file meta read with
+    pydicom, its wait for a reactor to pause that does not read this association's messages
+    (the C-GET handler runs in the reactor's own thread; a C-MOVE sub-association's stays paused),
+    and the reactor's millisecond naps while it waits for the response (shortened for the
+    sub-operation)."""
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.Priority = priority
+    req.MoveOriginatorApplicationEntityTitle = originator_aet
+    req.MoveOriginatorMessageID = originator_id
+    req.AffectedSOPClassUID = item.SOPClassUID
+    req.AffectedSOPInstanceUID = item.SOPInstanceUID
+    req._dataset_path = (path, dataset_offset(path))  # streamed from the file (patches.quick_send)
+    if assoc.is_requestor:
+        _hold_reactor(assoc)
+    dul = assoc.dul
+    delay, dul._run_loop_delay = dul._run_loop_delay, 0.0001
+    try:
+        assoc.dimse.send_msg(req, context_id)
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        dul._run_loop_delay = delay
+    if rsp is None:  # no response within the DIMSE timeout: pynetdicom aborts
+        assoc._handle_no_response()
+        return Dataset()
+    return assoc._check_received_status(rsp)
+
+
+def _hold_reactor(assoc: Association) -> None:
+    """Keep a C-MOVE sub-association's reactor from taking our responses off the queue: paused
+    before the first sub-operation, and left paused (pynetdicom's release and kill resume it).
+    pynetdicom pauses and resumes it around every C-STORE, each time waiting out the reactor's
+    millisecond nap."""
+    if assoc.__dict__.get("_dicomnode_held"):
+        return
+    assoc._reactor_checkpoint.clear()
+    while assoc.is_established and not assoc._is_paused:
+        time.sleep(0.0001)
+    assoc.__dict__["_dicomnode_held"] = True
+
+
+def dataset_offset(path: Path) -> int:
+    """Where a stored file's data set starts: after the preamble and the File Meta Information,
+    whose group length the node's own files always carry (PS3.10 7.1); pydicom reads it otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return split_dataset(path)[1]
 
 
 def install() -> None:

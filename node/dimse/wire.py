@@ -99,11 +99,11 @@ def encode_elements(elements: list[tuple[int, str, Any]], implicit_vr: bool) -> 
 
 def _encodings(charset: Any) -> list[str]:
     if charset is None or charset == "":
-        return convert_encodings(None)  # type: ignore[no-any-return]
+        return convert_encodings(None)
     values = list(charset) if isinstance(charset, (list, MultiValue)) else [charset]
     if len(values) != 1 or "2022" in str(values[0]):
         raise Unhandled  # code extensions switch charsets inside a value: pydicom's job
-    return convert_encodings(values)  # type: ignore[no-any-return]
+    return convert_encodings(values)
 
 
 def _value_bytes(vr: str, value: Any, encodings: list[str]) -> bytes:
@@ -162,3 +162,59 @@ def _person_name(name: Any, encodings: list[str]) -> bytes:
         return text.encode("ascii")
     pn = name if isinstance(name, PersonName) else PersonName(text)
     return pn.encode(encodings)
+
+
+# -- command sets (PS3.7 E.1: always Implicit VR Little Endian) ---------------------------------
+
+COMMAND_FIELDS = {"C-STORE-RQ": 0x0001, "C-STORE-RSP": 0x8001, "C-GET-RQ": 0x0010, "C-GET-RSP": 0x8010,
+                  "C-FIND-RQ": 0x0020, "C-FIND-RSP": 0x8020, "C-MOVE-RQ": 0x0021, "C-MOVE-RSP": 0x8021,
+                  "C-ECHO-RQ": 0x0030, "C-ECHO-RSP": 0x8030, "C-CANCEL-RQ": 0x0FFF}
+
+
+def command_set(message: str, primitive: Any, keywords: tuple[str, ...], has_data_set: bool) -> bytes | None:
+    """The encoded command set of a DIMSE-C `message` ("C-STORE-RQ" ...) from its primitive, as
+    pynetdicom's DIMSEMessage.primitive_to_message and encode would make it (the elements
+    `keywords` lists, those the primitive leaves None omitted, the group length first), or None
+    when this encoder leaves it to pynetdicom."""
+    field = COMMAND_FIELDS.get(message)
+    if field is None:
+        return None
+    elements: list[tuple[int, str, Any]] = []
+    for kw in keywords:
+        if kw == "CommandGroupLength":
+            continue
+        if kw == "CommandField":
+            value: Any = field
+        elif kw == "CommandDataSetType":
+            value = 0x0001 if has_data_set else 0x0101
+        else:
+            value = getattr(primitive, kw, None)
+            if value is None:
+                continue
+        tag = _COMMAND_TAGS.get(kw)
+        if tag is None:
+            return None
+        elements.append((tag[0], tag[1], value))
+    elements.sort(key=lambda e: e[0])
+    body = encode_elements(elements, True)
+    if body is None:
+        return None
+    return _tag.pack(0, 0) + _implicit_len.pack(4) + struct.pack("<I", len(body)) + body
+
+
+def _command_tags() -> dict[str, tuple[int, str]]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    out = {}
+    for kw in ("CommandField", "CommandDataSetType", "AffectedSOPClassUID", "MessageID", "MessageIDBeingRespondedTo", "Priority",
+               "AffectedSOPInstanceUID", "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID",
+               "Status", "ErrorComment", "MoveDestination", "NumberOfRemainingSuboperations",
+               "NumberOfCompletedSuboperations", "NumberOfFailedSuboperations", "NumberOfWarningSuboperations",
+               "ErrorID"):
+        tag = tag_for_keyword(kw)
+        assert tag is not None
+        out[kw] = (tag, dictionary_VR(tag))
+    return out
+
+
+_COMMAND_TAGS = _command_tags()

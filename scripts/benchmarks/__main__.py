@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from scripts.benchmarks import convert, dicomweb, find, ingest, scaleout, soak, tls, viewer
+from scripts.benchmarks import convert, dicomweb, find, ingest, retrieve, scaleout, soak, tls, viewer
 from tests.support.proc import ROOT
 
 
@@ -27,7 +28,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the 1 GB object")
     ap.add_argument("--orthanc-big", action="store_true", help="also send the 1 GB object to Orthanc (slow)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved runs of the with/without-analysis comparison")
-    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb", "tls", "soak", "viewer", "scaleout"], help="run one part (default: all)")
+    ap.add_argument("--only", choices=["ingest", "find", "convert", "dicomweb", "tls", "soak", "viewer", "scaleout", "retrieve"], help="run one part (default: all)")
     ap.add_argument("--find-studies", type=int, default=10_000, help="studies (of 10 instances) in the C-FIND index")
     ap.add_argument("--find-reps", type=int, default=5, help="repetitions of each C-FIND, per server")
     ap.add_argument("--soak-minutes", type=float, default=10.0, help="length of the kill -9 soak (--only soak)")
@@ -43,6 +44,13 @@ def main() -> int:
                                 "(median ms of one query over its own association; ratio = dicomnode / orthanc)")
             results.update({f"find: {k}": v for k, v in found.items()})
             shutil.rmtree(work / "find-data", ignore_errors=True)
+        if args.only in (None, "retrieve") and shutil.which("Orthanc") and shutil.which("dcmqrscp"):
+            got = retrieve.run(work / "retrieve", args.reps)
+            report(got, title=f"retrieve: C-GET (getscu) and C-MOVE (movescu into storescp) of one "
+                              f"{retrieve.IMAGES}-image CT study 512x512 (median s; ratio = dicomnode / other)")
+            results.update({f"retrieve: {k}": v for k, v in got.items()})
+            if not os.environ.get("BENCH_KEEP"):
+                shutil.rmtree(work / "retrieve", ignore_errors=True)
         if args.only in (None, "convert"):
             print("measuring conversion (200-frame 512x512 cine) ...", file=sys.stderr)
             conv = convert.run(work)
@@ -86,7 +94,8 @@ def main() -> int:
             results.update(got)
         _write(args.out, results)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

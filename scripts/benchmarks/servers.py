@@ -21,13 +21,14 @@ def start_node(work: Path, concurrent: bool = True, actions: str = "analyze", we
     """The node; with `web`, its DICOMweb side too (on a free port: Server.http_port); with `tls`
     (a `config` with [tls]), Server.port is its TLS port."""
     storage = work / "node"
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_LOG_LEVEL": "WARNING",
            "DICOMNODE_DEFAULT_ACTIONS": actions}
     proc = subprocess.Popen([*DICOMNODE, "serve", "--storage", str(storage), "--host",
                              "127.0.0.1", "--port", "0", "--aet", "DICOMNODE",
                              *(["--http-port", "0"] if web else ["--no-web"]),
                              *(["--config", str(config)] if config else [])], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=(work / "node.log").open("ab"), text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     if tls:
         line = proc.stdout.readline()  # type: ignore[union-attr]  # "dicomnode listening with TLS on ..."
@@ -57,8 +58,10 @@ def start_storescp(work: Path, concurrent: bool = True) -> Server:
     return Server("dcmtk storescp", proc, port, "STORESCP", out)
 
 
-def start_orthanc(work: Path, concurrent: bool = True, dicomweb: bool = False) -> Server:
-    """Orthanc; with `dicomweb`, its DICOMweb plugin at http://127.0.0.1:HTTP/dicom-web/."""
+def start_orthanc(work: Path, concurrent: bool = True, dicomweb: bool = False,
+                  extra: dict | None = None) -> Server:
+    """Orthanc; with `dicomweb`, its DICOMweb plugin at http://127.0.0.1:HTTP/dicom-web/; `extra`:
+    more configuration (DicomModalities ...)."""
     storage = work / "orthanc"
     storage.mkdir(parents=True)
     port, http = free_port(), free_port()
@@ -66,7 +69,9 @@ def start_orthanc(work: Path, concurrent: bool = True, dicomweb: bool = False) -
                   "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
                   "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
                   "StorageCompression": False, "ConcurrentJobs": 2, "DicomThreadsCount": 4,
-                  "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+                  "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True,
+                  "DicomAlwaysAllowMove": True}
+    conf.update(extra or {})
     if dicomweb:
         if not Path(ORTHANC_DICOMWEB).exists():
             raise RuntimeError("Orthanc's DICOMweb plugin is missing (scripts/setup --with-orthanc installs it)")
