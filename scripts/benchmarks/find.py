@@ -110,7 +110,7 @@ def find_ms(port: int, aet: str, keys: dict[str, Any]) -> tuple[float, int]:
     for k, v in keys.items():
         args += ["-k", f"{k}={v}"]
     t0 = time.perf_counter()
-    p = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"})
+    p = subprocess.run(args, capture_output=True, text=True, errors="replace", env={**os.environ, "TCP_NODELAY": "1"})
     ms = (time.perf_counter() - t0) * 1000
     log = p.stdout + p.stderr
     if p.returncode != 0 or "Final Find Response" not in log:

@@ -121,9 +121,6 @@ def run(work: Path, reps: int) -> dict[str, dict[str, float]]:
                 times[srv.name]["C-GET, s"].append(get_s(srv, study, work / "got"))
                 times[srv.name]["C-MOVE, s"].append(move_s(srv, study, dest))
         out = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
-        for name, t in out.items():
-            t["C-GET, images/s"] = IMAGES / t["C-GET, s"]
-            t["C-MOVE, images/s"] = IMAGES / t["C-MOVE, s"]
         return {"dicomnode": out.pop(servers[0].name), **out}
     finally:
         for srv in servers:

@@ -64,6 +64,12 @@ def bulk_fill(server: postgres.Server, database: str, instances: int, start: int
     return time.perf_counter() - t0
 
 
+def count(server: postgres.Server, database: str) -> dict[str, float]:
+    with server.connect(database) as c:
+        return {f"{table} in the index": c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("studies", "instances")}
+
+
 def measure(node: Node, recs: list[dict[str, str]], work: Path, reps: int, tag: str) -> dict[str, float]:
     srv = Server("dicomnode", node.proc, node.port, node.aet, node.storage)  # type: ignore[arg-type]
     out: dict[str, float] = {}
@@ -103,7 +109,7 @@ def run(work: Path, instances: int = 1_000_000, probe_studies: int = 1000, reps:
             node = Node(storage, env, ["--db", url]).start()
             try:
                 print(f"scale: measuring at {label} ...", file=sys.stderr)
-                results[label] = measure(node, recs, work, reps, "a" if not fill else "b")
+                results[label] = {**count(server, database), **measure(node, recs, work, reps, "a" if not fill else "b")}
             finally:
                 node.stop()
     return results
@@ -112,7 +118,7 @@ def run(work: Path, instances: int = 1_000_000, probe_studies: int = 1000, reps:
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """1M / 10k for every measurement (matches must be equal)."""
     small, big = [v for k, v in results.items() if k != "bulk fill"]
-    return {k: big[k] / small[k] for k in small if small[k] and not k.endswith("matches")}
+    return {k: big[k] / small[k] for k in small if small[k] and not k.endswith(("matches", "in the index"))}
 
 
 if __name__ == "__main__":  # python -m scripts.benchmarks.scale [instances]
