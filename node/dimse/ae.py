@@ -99,6 +99,7 @@ def server_ae(s: Settings) -> AE:
     """The node's AE: Verification, Q/R, and every storage class in every transfer syntax."""
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
+    patches.wake_reactors()
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
     ae.require_calling_aet = list(s.allowed_calling)
@@ -131,6 +132,7 @@ def server_ae(s: Settings) -> AE:
 def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
+    patches.wake_reactors()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse
