@@ -292,16 +292,27 @@ def wake_reactors() -> None:
                 if pending is not None and pending():
                     return
                 watch.append(sock.fileno())
+            d.__dict__["_dicomnode_napping"] = True
+            if d.to_provider_queue.qsize():  # queued between its look and the flag: no nap
+                return
             select.select(watch, [], [], seconds)
+        except (OSError, ValueError):
+            pass
+        finally:
+            d.__dict__["_dicomnode_napping"] = False
+        try:
             os.eventfd_read(fd)
-        except (BlockingIOError, OSError, ValueError):
+        except OSError:  # BlockingIOError: nobody woke it
             pass
 
     def assoc_nap(a: Association, seconds: float) -> None:
         ev = a.__dict__.get("_dicomnode_wake")
         if ev is None:
             ev = a.__dict__.setdefault("_dicomnode_wake", threading.Event())
-        ev.wait(seconds)
+        a.__dict__["_dicomnode_napping"] = True
+        if not (a.dimse.msg_queue.qsize() or a.dul.to_user_queue.qsize()):  # else no nap: work came
+            ev.wait(seconds)
+        a.__dict__["_dicomnode_napping"] = False
         ev.clear()  # before the loop looks: a wake after this is seen then or next time
 
     class _Time:
@@ -326,18 +337,22 @@ def wake_reactors() -> None:
 
     def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
         original_send_pdu(self, primitive)
-        try:
-            os.eventfd_write(wake_fd(self), 1)
-        except OSError:
-            pass
+        # only a napping reactor is woken: a busy one finds the primitive on its next turn (a
+        # wake per PDU cost a 1,000-response C-FIND 7 %); one that starts its nap just now
+        # sleeps it out, 1 ms at most, as before
+        if self.__dict__.get("_dicomnode_napping"):
+            try:
+                os.eventfd_write(wake_fd(self), 1)
+            except OSError:
+                pass
 
     original_do_action = fsm.StateMachine.do_action
 
     def do_action(self: Any, event: str) -> None:
         original_do_action(self, event)
-        ev = getattr(self.dul.assoc, "__dict__", {}).get("_dicomnode_wake")
-        if ev is not None:
-            ev.set()
+        state = getattr(self.dul.assoc, "__dict__", {})
+        if state.get("_dicomnode_napping"):
+            state["_dicomnode_wake"].set()
 
     dul_module.time = _Time(None)  # type: ignore[assignment]
     association.time = _Time(0.001)  # type: ignore[assignment]  # the reactor's nap (Association._run_reactor)
