@@ -102,9 +102,7 @@ def _send_as_stored(assoc: Association, context_id: int, item: ArchivedFile, pat
     """One C-STORE sub-operation of a file as it is stored: what pynetdicom's send_c_store does for
     a file, less what cost a C-MOVE of 500 CT images half its time: its file meta read with
     pydicom, its wait for a reactor to pause that does not read this association's messages
-    (the C-GET handler runs in the reactor's own thread; a C-MOVE sub-association's stays paused),
-    and the reactor's millisecond naps while it waits for the response (shortened for the
-    sub-operation)."""
+    (the C-GET handler runs in the reactor's own thread; a C-MOVE sub-association's stays paused)."""
     req = C_STORE()
     req.MessageID = msg_id
     req.Priority = priority
@@ -115,13 +113,8 @@ def _send_as_stored(assoc: Association, context_id: int, item: ArchivedFile, pat
     req._dataset_path = (path, dataset_offset(path))  # streamed from the file (patches.quick_send)
     if assoc.is_requestor:
         _hold_reactor(assoc)
-    dul = assoc.dul
-    delay, dul._run_loop_delay = dul._run_loop_delay, 0.0001
-    try:
-        assoc.dimse.send_msg(req, context_id)
-        _cx, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        dul._run_loop_delay = delay
+    assoc.dimse.send_msg(req, context_id)
+    _cx, rsp = assoc.dimse.get_msg(block=True)  # the reactor wakes on the response (patches.wake_reactors)
     if rsp is None:  # no response within the DIMSE timeout: pynetdicom aborts
         assoc._handle_no_response()
         return Dataset()

@@ -26,17 +26,13 @@ from dicomnode.errors import QueryError
 from dicomnode.node.web import dicomjson
 from dicomnode.node.web.context import DICOM_JSON, Web, problem
 from dicomnode.storage.query.identifier import (
-    AVAILABILITY,
-    CHARSET,
-    QUERY_LEVEL,
-    RETRIEVE_AET,
     HeaderReader,
     build_response,
-    element_vr,
     index_value,
     iter_matches,
     parse_identifier,
     response_charset,
+    response_plan,
 )
 from dicomnode.storage.query.identifier import (
     Request as Search,
@@ -131,19 +127,12 @@ class _Field:
 def _plan(req: Search) -> list[_Field] | None:
     """How each match becomes DICOM JSON straight from its row, decided once per search: the same
     object build_response + to_json would make (a test holds them equal), without a pydicom data
-    set per match. None when matches need their stored headers (header keys, sequences)."""
+    set per match. None when matches need their stored headers (header keys, sequences).
+    It is the C-FIND responses' plan (response_plan) less the keys QIDO-RS does not return."""
     if req.query.needs_header or req.sequences:
         return None
-    sources = {k.keyword: k.source for k in req.query.keys}
-    fields = []
-    for elem in req.identifier:
-        tag = elem.tag
-        if tag in (CHARSET, QUERY_LEVEL, RETRIEVE_AET) or tag.is_private or tag.element == 0:
-            continue
-        kind = "availability" if tag == AVAILABILITY else \
-            "index" if sources.get(elem.keyword) in ("index", "computed") else "empty"
-        fields.append(_Field(f"{int(tag):08X}", elem.keyword, element_vr(elem), kind))
-    return fields
+    return [_Field(f"{tag:08X}", kw, vr, kind) for tag, kw, vr, kind in response_plan(req)
+            if kind not in ("level", "aet")]
 
 
 def _row_json(plan: list[_Field], req: Search, row: dict[str, Any], base: str) -> dict[str, Any]:

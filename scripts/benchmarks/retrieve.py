@@ -67,30 +67,19 @@ def _clear(folder: Path) -> None:
         f.unlink()
 
 
-def get_s(srv: Server, study: str, out: Path) -> float:
-    out.mkdir(parents=True, exist_ok=True)
-    _clear(out)
+def retrieve_s(srv: Server, tool: list[str], study: str, received: Path) -> float:
+    """Seconds of one retrieve by a DCMTK tool (getscu into `received`, or movescu to DEST, which
+    writes into `received`), checked to have delivered every image."""
+    received.mkdir(parents=True, exist_ok=True)
+    _clear(received)
     t0 = time.perf_counter()
-    p = subprocess.run(["getscu", "-S", "-aec", srv.aet, "+B", "-od", str(out), "127.0.0.1", str(srv.port),
-                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"],
+    p = subprocess.run([*tool, "-S", "-aec", srv.aet, "127.0.0.1", str(srv.port), "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={study}"],
                        env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
     s = time.perf_counter() - t0
-    got = len(list(out.iterdir()))
+    got = len(list(received.iterdir()))
     if got != IMAGES:
-        raise RuntimeError(f"C-GET from {srv.name}: {got} of {IMAGES} images\n{p.stderr[-1000:]}")
-    return s
-
-
-def move_s(srv: Server, study: str, dest: Path) -> float:
-    _clear(dest)
-    t0 = time.perf_counter()
-    p = subprocess.run(["movescu", "-S", "-aec", srv.aet, "-aem", "DEST", "127.0.0.1", str(srv.port),
-                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"],
-                       env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
-    s = time.perf_counter() - t0
-    got = len(list(dest.iterdir()))
-    if got != IMAGES:
-        raise RuntimeError(f"C-MOVE from {srv.name}: {got} of {IMAGES} images\n{p.stderr[-1000:]}")
+        raise RuntimeError(f"{tool[0]} from {srv.name}: {got} of {IMAGES} images\n{p.stderr[-1000:]}")
     return s
 
 
@@ -118,8 +107,9 @@ def run(work: Path, reps: int) -> dict[str, dict[str, float]]:
         times: dict[str, dict[str, list[float]]] = {s.name: {"C-GET, s": [], "C-MOVE, s": []} for s in servers}
         for _ in range(reps):
             for srv in servers:
-                times[srv.name]["C-GET, s"].append(get_s(srv, study, work / "got"))
-                times[srv.name]["C-MOVE, s"].append(move_s(srv, study, dest))
+                got = work / "got"
+                times[srv.name]["C-GET, s"].append(retrieve_s(srv, ["getscu", "+B", "-od", str(got)], study, got))
+                times[srv.name]["C-MOVE, s"].append(retrieve_s(srv, ["movescu", "-aem", "DEST"], study, dest))
         out = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
         return {"dicomnode": out.pop(servers[0].name), **out}
     finally:

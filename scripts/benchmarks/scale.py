@@ -120,11 +120,3 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     small, big = [v for k, v in results.items() if k != "bulk fill"]
     return {k: big[k] / small[k] for k in small if small[k] and not k.endswith(("matches", "in the index"))}
 
-
-if __name__ == "__main__":  # python -m scripts.benchmarks.scale [instances]
-    import tempfile
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    with tempfile.TemporaryDirectory() as tmp:
-        got = run(Path(tmp), n)
-        print(got)
-        print(ratios(got))

@@ -195,7 +195,7 @@ def response_elements(req: Request, row: dict[str, Any], header: Dataset | None,
     set, the C-FIND front end may encode these directly (node/dimse/wire.py)."""
     out: list[Element] = []
     texts: list[str] = []
-    for tag, kw, vr, kind in _plan(req):
+    for tag, kw, vr, kind in response_plan(req):
         value: Any = None
         if kind == "level":
             value = req.query.level
@@ -224,8 +224,9 @@ def response_elements(req: Request, row: dict[str, Any], header: Dataset | None,
     return out
 
 
-def _plan(req: Request) -> list[tuple[int, str, str, str]]:
-    """How each identifier key gets its value (decided once per request): (tag, keyword, VR, kind)."""
+def response_plan(req: Request) -> list[tuple[int, str, str, str]]:
+    """How each identifier key gets its value (decided once per request): (tag, keyword, VR, kind),
+    kind one of level, aet, availability, sequence, index (a column or a count), header, empty."""
     plan = req.plan
     if plan is None:
         sources = {k.keyword: k.source for k in req.query.keys}
