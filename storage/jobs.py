@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
 
 from dicomnode.storage.index.db import Database
 from dicomnode.storage.index.models import Instance, Job, now, table
@@ -28,12 +28,10 @@ INS = table(Instance)
 MAX_BACKOFF = 300.0
 
 
-def enqueue(conn: Connection, sop_instance_uid: str, actions: list[str], t: datetime) -> None:
-    """Add one pending job per action; called inside the instance's own transaction."""
-    if actions:
-        conn.execute(insert(JOBS), [
-            {"sop_instance_uid": sop_instance_uid, "action": a, "state": "pending", "attempts": 0,
-             "not_before": t, "created_at": t, "updated_at": t} for a in actions])
+def pending(sop_instance_uid: str, actions: list[str], t: datetime) -> list[dict[str, Any]]:
+    """The rows of one pending job per action, inserted inside the instance's own transaction."""
+    return [{"sop_instance_uid": sop_instance_uid, "action": a, "state": "pending", "attempts": 0,
+             "not_before": t, "created_at": t, "updated_at": t} for a in actions]
 
 
 @dataclass

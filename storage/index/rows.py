@@ -22,7 +22,21 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, case, delete, exists, false, func, insert, select, true, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Select,
+    bindparam,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -38,7 +52,8 @@ from dicomnode.storage.index.models import (
     now,
     table,
 )
-from dicomnode.storage.jobs import enqueue
+from dicomnode.storage.index.prepared import Cursor, Inserts, Prepared
+from dicomnode.storage.jobs import JOBS, pending
 
 WRITE_RETRIES = 5
 
@@ -94,6 +109,7 @@ class Index:
         self.db = db
         self.engine = db.engine
         self.sessions = db.sessions
+        self._prepared: _Writes | None = None
 
     # -- writes -----------------------------------------------------------
 
@@ -118,65 +134,79 @@ class Index:
         Each object's statements run in a savepoint of their own, so one that
         fails (a value the database refuses) fails alone; its exception takes
         its place in the list. A failed commit raises for all of them.
+        The statements are prepared.py's: this runs once per received object.
         """
         for attempt in range(WRITE_RETRIES):
             try:
                 with self.db.writing_connection() as conn:
-                    done = [self._put_saved(conn, p) for p in puts]
+                    cur = Cursor(conn)
+                    w = self._writes(conn)
+                    done = [self._put_saved(cur, w, p) for p in puts]
                     ok = [d for d in done if not isinstance(d, Exception)]
-                    _received_into(conn, {d[3] for d in ok if d[3] is not None})
-                    _count(conn, "archive_bytes", sum(d[2] for d in ok))
+                    t = now()
+                    for pk in sorted({d[3] for d in ok if d[3] is not None}):  # in key order: the docstring
+                        cur.run(w.received, {"pk_": pk, "t_": t})
+                    grown = sum(d[2] for d in ok)
+                    if grown:  # the last statement (the docstring)
+                        cur.run(w.count, {"name_": "archive_bytes", "delta_": grown})
+                    cur.close()
                     return [d if isinstance(d, Exception) else d[:2] for d in done]
             except IntegrityError:  # raised by the commit itself (a deferred check): all again
                 if attempt == WRITE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _put_saved(self, conn: Connection, p: Put) -> _Done | Exception:
+    def _writes(self, conn: Connection) -> _Writes:
+        if self._prepared is None:
+            self._prepared = _Writes(conn.dialect)
+        return self._prepared
+
+    def _put_saved(self, cur: Cursor, w: _Writes, p: Put) -> _Done | Exception:
         for attempt in range(WRITE_RETRIES):
-            saved = conn.begin_nested()
+            cur.raw("SAVEPOINT put")
             try:
-                result = self._put(conn, p.values, p.facts, p.overwrite)
-                if result[0] is not PutResult.EXISTS:
-                    enqueue(conn, p.values["IMAGE"]["SOPInstanceUID"], p.actions, now())
-                saved.commit()
+                result = self._put(cur, w, p.values, p.facts, p.overwrite)
+                if result[0] is not PutResult.EXISTS and p.actions:
+                    rows = [w.jobs.row(j) for j in pending(p.values["IMAGE"]["SOPInstanceUID"], p.actions, now())]
+                    cur.run_many(rows[0][0], [r for _stmt, r in rows])
+                cur.raw("RELEASE SAVEPOINT put")
                 return result
             except IntegrityError as exc:
                 # another node inserted the same study/series first (PostgreSQL, several nodes):
                 # its row is committed, so the next attempt finds it
-                saved.rollback()
+                cur.raw("ROLLBACK TO SAVEPOINT put")
+                cur.raw("RELEASE SAVEPOINT put")
                 if attempt == WRITE_RETRIES - 1:
                     return exc
             except SQLAlchemyError as exc:
-                saved.rollback()
+                cur.raw("ROLLBACK TO SAVEPOINT put")
+                cur.raw("RELEASE SAVEPOINT put")
                 return exc
         raise AssertionError("unreachable")
 
-    def _put(self, conn: Connection, values: dict[str, dict[str, Any]], facts: FileFacts,
+    def _put(self, cur: Cursor, w: _Writes, values: dict[str, dict[str, Any]], facts: FileFacts,
              overwrite: bool) -> _Done:
-        """Core statements, not ORM objects: this runs once per received object.
-
-        The common case (a further image of a known series) costs two indexed
-        SELECTs and one INSERT (and, for the batch, the study's arrival time: put_many).
-        """
+        """The common case (a further image of a known series) costs two indexed SELECTs and one
+        INSERT (and, for the batch, the study's arrival time and the size counter: put_many)."""
         t = now()
         iv = values["IMAGE"]
-        old = conn.execute(select(INS.c.id, INS.c.path, INS.c.series_pk, INS.c.file_size)
-                           .where(INS.c.SOPInstanceUID == iv["SOPInstanceUID"])).first()
+        old = cur.run(w.find_instance, {"uid_": iv["SOPInstanceUID"]}).fetchone()
         if old is not None and not overwrite:
-            return PutResult.EXISTS, old.path, 0, None
-        series_pk, study_pk = _series_pk(conn, values, t)
+            return PutResult.EXISTS, old[1], 0, None
+        series_pk, study_pk = _series_pk(cur, w, values, t)
         row = {**iv, "path": facts.path, "file_size": facts.file_size, "sha256": facts.sha256,
                "received_at": t, "calling_aet": facts.calling_aet, "peer_address": facts.peer_address,
                "series_pk": series_pk}
         if old is None:
-            conn.execute(insert(INS).values(**row))
+            cur.run(*w.instances.row(row))
             return PutResult.INSERTED, None, facts.file_size, study_pk
+        old_id, old_path, old_series, old_size = old
+        conn = cur.connection
         cleared = {k: None for k in dicom_keywords(Instance) if k not in row}
-        conn.execute(update(INS).where(INS.c.id == old.id).values(**cleared, **row))
-        if old.series_pk != series_pk:
-            _prune_empty(Session(bind=conn), old.series_pk)
-        return PutResult.REPLACED, old.path, facts.file_size - old.file_size, study_pk
+        conn.execute(update(INS).where(INS.c.id == old_id).values(**cleared, **row))
+        if old_series != series_pk:
+            _prune_empty(Session(bind=conn), old_series)
+        return PutResult.REPLACED, old_path, facts.file_size - old_size, study_pk
 
     def delete(self, uid: str) -> Removed | None:
         """Remove a study, series or instance (and parents left empty); None when it is not indexed."""
@@ -382,36 +412,43 @@ def _delete_under(s: Session, level: str, pk: int) -> Removed:
     return removed
 
 
-def _series_pk(conn: Connection, values: dict[str, dict[str, Any]], t: datetime) -> tuple[int, int]:
+def _series_pk(cur: Cursor, w: _Writes, values: dict[str, dict[str, Any]], t: datetime) -> tuple[int, int]:
     """The series row's id and its study's, creating them (and the patient) on first sight."""
     sv, stv, pv = values["SERIES"], values["STUDY"], values["PATIENT"]
-    known = conn.execute(select(SER.c.id, SER.c.study_pk).where(SER.c.SeriesInstanceUID == sv["SeriesInstanceUID"])
-                         ).first()
+    known = cur.run(w.find_series, {"uid_": sv["SeriesInstanceUID"]}).fetchone()
     if known is not None:
-        return int(known.id), int(known.study_pk)
-    study_pk = conn.scalar(select(STU.c.id).where(STU.c.StudyInstanceUID == stv["StudyInstanceUID"]))
+        return int(known[0]), int(known[1])
+    study_pk = cur.scalar(w.find_study, {"uid_": stv["StudyInstanceUID"]})
     if study_pk is None:
         ident = {"PatientID": pv.get("PatientID") or "", "IssuerOfPatientID": pv.get("IssuerOfPatientID") or ""}
-        patient_pk = conn.scalar(select(PAT.c.id).where(PAT.c.PatientID == ident["PatientID"],
-                                                        PAT.c.IssuerOfPatientID == ident["IssuerOfPatientID"]))
+        patient_pk = cur.scalar(w.find_patient, {"id_": ident["PatientID"], "issuer_": ident["IssuerOfPatientID"]})
         if patient_pk is None:
-            patient_pk = _new_id(conn, insert(PAT).values(**{**pv, **ident}, created_at=t))
-        study_pk = _new_id(conn, insert(STU).values(**stv, patient_pk=patient_pk, created_at=t, last_received_at=t))
-    return _new_id(conn, insert(SER).values(**sv, study_pk=study_pk, created_at=t)), study_pk
+            patient_pk = cur.scalar(*w.patients.row({**pv, **ident, "created_at": t}))
+        study_pk = cur.scalar(*w.studies.row({**stv, "patient_pk": patient_pk, "created_at": t,
+                                              "last_received_at": t}))
+    series_pk = cur.scalar(*w.series.row({**sv, "study_pk": study_pk, "created_at": t}))
+    return int(series_pk), int(study_pk)
 
 
-def _received_into(conn: Connection, study_pks: set[int]) -> None:
-    """The studies' last arrival, the order in which recycling takes them; in key order (see the
-    module's docstring)."""
-    t = now()
-    for pk in sorted(study_pks):
-        conn.execute(update(STU).where(STU.c.id == pk).values(last_received_at=t))
+class _Writes:
+    """put_many's statements, prepared for one dialect (prepared.py)."""
 
-
-def _new_id(conn: Connection, stmt: Insert) -> int:
-    key = conn.execute(stmt).inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    def __init__(self, dialect: Dialect) -> None:
+        self.find_instance = Prepared(select(INS.c.id, INS.c.path, INS.c.series_pk, INS.c.file_size)
+                                      .where(INS.c.SOPInstanceUID == bindparam("uid_")), dialect)
+        self.find_series = Prepared(select(SER.c.id, SER.c.study_pk)
+                                    .where(SER.c.SeriesInstanceUID == bindparam("uid_")), dialect)
+        self.find_study = Prepared(select(STU.c.id).where(STU.c.StudyInstanceUID == bindparam("uid_")), dialect)
+        self.find_patient = Prepared(select(PAT.c.id).where(PAT.c.PatientID == bindparam("id_"),
+                                                             PAT.c.IssuerOfPatientID == bindparam("issuer_")), dialect)
+        self.patients, self.studies, self.series = (Inserts(t, dialect, returning=True) for t in (PAT, STU, SER))
+        self.instances = Inserts(INS, dialect, returning=False)
+        self.jobs = Inserts(JOBS, dialect, returning=False)
+        self.received = Prepared(update(STU).where(STU.c.id == bindparam("pk_"))
+                                 .values(last_received_at=bindparam("t_", type_=STU.c.last_received_at.type)),
+                                 dialect)
+        self.count = Prepared(update(CNT).where(CNT.c.name == bindparam("name_"))
+                              .values(value=CNT.c.value + bindparam("delta_", type_=CNT.c.value.type)), dialect)
 
 
 def _find_any(s: Session, uid: str) -> tuple[str, Study | Series | Instance] | tuple[None, None]:
