@@ -22,6 +22,7 @@ from dicomnode.node.dimse import patches, tls
 from dicomnode.node.dimse.commitment import CommitmentSCP
 from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
+from dicomnode.node.dimse.tally import Tally
 from dicomnode.node.pipeline.worker import WorkerProcess
 from dicomnode.node.settings import Settings
 from dicomnode.node.web.server import WebProcess
@@ -56,14 +57,14 @@ def _serve(settings: Settings, arc: Archive) -> int:
     if requeued:
         log.warning("%d job(s) this node (or a node whose lease ran out) was running: queued again", requeued)
     workers = WorkerProcess(settings) if settings.workers > 0 else None
-    scp, qr, ae, handlers = _dimse(settings, arc, workers.activity if workers else None)
+    receivers = ReceiverProcesses(settings, workers.activity if workers else None)
+    scp, qr, ae, handlers = _dimse(settings, arc, workers.activity if workers else None, receivers.tally)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
     web = WebProcess(settings) if settings.http_port >= 0 else None
     servers: list[ThreadedAssociationServer] = []
-    receivers = ReceiverProcesses(settings, workers.activity if workers else None)
     if receivers.count:  # several receiving processes share the DIMSE port(s): the kernel spreads connections
         patches.share_port()
     try:  # from here on a failure must stop what has started (a live worker keeps us from exiting)
@@ -114,10 +115,11 @@ def _serve(settings: Settings, arc: Archive) -> int:
     return 0
 
 
-def _dimse(settings: Settings, arc: Archive, activity: Activity | None
+def _dimse(settings: Settings, arc: Archive, activity: Activity | None, tally: Tally
            ) -> tuple[StorageSCP, QueryRetrieveSCP, AE, list[Any]]:
-    """The DIMSE services of one receiving process: storage, Q/R, storage commitment."""
-    scp = StorageSCP(settings, services.ingester(settings, arc), activity)
+    """The DIMSE services of one receiving process: storage, Q/R, storage commitment; `tally`
+    counts its connections with the other processes' (guard.Admission)."""
+    scp = StorageSCP(settings, services.ingester(settings, arc), activity, tally)
     qr = QueryRetrieveSCP(settings, arc)
     commitment = CommitmentSCP(settings, arc)
     return scp, qr, scp.build_ae(), scp.handlers() + qr.handlers() + commitment.handlers()
@@ -158,6 +160,7 @@ class ReceiverProcesses:
     def __init__(self, settings: Settings, activity: Activity | None) -> None:
         wanted = settings.receivers or (os.cpu_count() or 1)
         self.count = max(wanted - 1, 0)
+        self.tally = Tally(self.count + 1)  # the association limits count over all of them
         self.settings = settings
         self.activity = activity
         self._ctx = multiprocessing.get_context("spawn")
@@ -172,7 +175,8 @@ class ReceiverProcesses:
         readies = []
         for i in range(self.count):
             ready = self._ctx.Event()
-            proc = self._ctx.Process(target=receiver_main, args=(child, ready, self.activity),
+            proc = self._ctx.Process(target=receiver_main, args=(child, ready, self.activity,
+                                                                 self.tally.for_process(i + 1)),
                                      name=f"dicomnode-receiver-{i + 1}", daemon=False)
             proc.start()
             self.procs.append(proc)
@@ -202,7 +206,7 @@ class ReceiverProcesses:
                 proc.join(5)
 
 
-def receiver_main(settings: Settings, ready_event: Any, activity: Activity | None) -> None:
+def receiver_main(settings: Settings, ready_event: Any, activity: Activity | None, tally: Tally) -> None:
     """A receiving process: the DIMSE services on the shared port(s) until SIGTERM (from the main
     process) or the main process's death."""
     from dicomnode.node.logs import setup_logging
@@ -214,7 +218,7 @@ def receiver_main(settings: Settings, ready_event: Any, activity: Activity | Non
     parent = os.getppid()
     arc = services.archive(settings)
     patches.share_port()
-    scp, qr, ae, handlers = _dimse(settings, arc, activity)
+    scp, qr, ae, handlers = _dimse(settings, arc, activity, tally)
     servers = _listen(settings, ae, handlers)
     _own_address(qr, servers)
     ready_event.set()

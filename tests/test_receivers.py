@@ -65,3 +65,77 @@ def test_sixteen_associations_over_three_receivers_one_killed(tmp_path: Path) ->
         assert all(not Path(f"/proc/{pid}").exists() for pid in receivers)
     finally:
         node.stop()
+
+
+def _owner(port: int, client_port: int) -> int:
+    """PID of the node process holding the connection from our `client_port`."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} and dport = :{client_port} )"],
+                         capture_output=True, text=True).stdout
+    pids = re.findall(r"pid=(\d+)", out)
+    assert pids, out
+    return int(pids[0])
+
+
+def test_association_limits_are_the_nodes_across_its_processes(tmp_path: Path) -> None:
+    """max_associations_per_host and max_pending_per_host hold for the node, not per receiving process
+    (a peer the kernel spreads over three processes once got three times its allowance); a killed
+    process's associations stop counting."""
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    need("ss")
+    node = Node(tmp_path / "archive", {"DICOMNODE_MIN_FREE_MB": "0", "DICOMNODE_RECEIVERS": "3",
+                                       "DICOMNODE_MAX_ASSOCIATIONS_PER_HOST": "8",
+                                       "DICOMNODE_MAX_PENDING_PER_HOST": "3"}).start()
+    held = []
+    idle: list[socket.socket] = []
+    try:
+        wait_for(lambda: "2 more receiving process(es)" in node.log(), 30, 0.1, message="the receiving processes")
+        for i in range(14):
+            ae = AE(ae_title=f"PEER{i}")
+            ae.add_requested_context(Verification)
+            held.append(ae.associate("127.0.0.1", node.port, ae_title=node.aet))
+        up = [a for a in held if a.is_established]
+        assert len(up) == 8 and all(a.is_rejected for a in held if not a.is_established)
+        owners = {a: _owner(node.port, a.dul.socket.socket.getsockname()[1]) for a in up}  # type: ignore[union-attr]
+        assert len(set(owners.values())) >= 2, "the kernel gave every association to one process"
+        assert "8 associations from 127.0.0.1 already open (max_associations_per_host)" in node.log()
+
+        # connections that send nothing: three may wait, from all processes together
+        for _ in range(6):
+            idle.append(socket.create_connection(("127.0.0.1", node.port)))
+            time.sleep(0.1)
+        time.sleep(1)
+        closed = 0
+        for s in idle:
+            s.settimeout(0.2)
+            try:
+                closed += s.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert closed == 3
+        for s in idle:
+            s.close()
+
+        # a receiving process killed with kill -9: its associations no longer count
+        victim = next(pid for pid in owners.values() if pid != node.proc.pid)  # type: ignore[union-attr]
+        lost = sum(pid == victim for pid in owners.values())
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{victim}").exists() or "Z" in Path(f"/proc/{victim}/stat").read_text().split()[2],
+                 10, 0.05, message="the killed process gone")
+        more = []
+        for i in range(lost + 3):
+            ae = AE(ae_title=f"LATE{i}")
+            ae.add_requested_context(Verification)
+            more.append(ae.associate("127.0.0.1", node.port, ae_title=node.aet))
+        assert sum(a.is_established for a in more) == lost
+        held += more
+    finally:
+        for a in held:
+            if a.is_established:
+                a.release()
+        for s in idle:
+            s.close()
+        node.stop()

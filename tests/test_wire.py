@@ -158,3 +158,23 @@ def test_command_sets_as_pynetdicom_encodes_them(primitive: object, has_data: bo
     name = type(msg).__name__.replace("_", "-")
     expected = pydicom_bytes(msg.command_set, True)
     assert wire.command_set(name, primitive, _COMMAND_SET_KEYWORDS[name], has_data) == expected
+
+
+@pytest.mark.parametrize("sop_class, sop_instance, syntax", [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6.7.8.9", "1.2.840.10008.1.2.1"),  # even and odd lengths
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.8.498.1234567890123456789012345678901234567890", "1.2.840.10008.1.2"),
+    ("1.2.840.10008.5.1.4.1.1.4", "2.25.1", "1.2.840.10008.1.2.4.50"),
+])
+def test_file_meta_as_pynetdicom_writes_it(sop_class: str, sop_instance: str, syntax: str) -> None:
+    """The File Meta before each received data set, byte for byte as pydicom writes pynetdicom's."""
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from pynetdicom.dsutils import create_file_meta
+
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_file_meta_info(fp, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,  # type: ignore[arg-type]
+                                              transfer_syntax=syntax))  # type: ignore[arg-type]
+    assert wire.file_meta(sop_class, sop_instance, syntax, PYNETDICOM_IMPLEMENTATION_UID,
+                          PYNETDICOM_IMPLEMENTATION_VERSION) == fp.getvalue()
+    assert wire.file_meta("1.2.3", "1.2.\u00e9", syntax, "1.2", "X") is None  # not ASCII: pydicom's

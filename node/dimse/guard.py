@@ -4,7 +4,8 @@
   arrived, against `max_associations` in all, `max_associations_per_host` per
   IP address and `max_associations_per_aet` per calling AE title; beyond, it
   is rejected as pynetdicom would (transient, local limit exceeded) with the
-  limit in the log. Connections that have sent nothing yet do not count: a
+  limit in the log. The limits are the node's, counted over all its receiving
+  processes (tally.py). Connections that have sent nothing yet do not count: a
   burst of idle sockets cannot lock modalities out. A calling AE title that
   [remotes] ties to a certificate name must come over TLS with a certificate
   that names it (else rejected: calling AE title not recognised).
@@ -33,6 +34,7 @@ from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode.node.dimse import patches, tls
+from dicomnode.node.dimse.tally import ASKED, WAITING, Tally
 from dicomnode.node.dimse.users import UserIdentity
 from dicomnode.node.settings import Settings
 
@@ -135,48 +137,68 @@ def _peer(assoc: Association) -> str:
 
 
 class Admission:
-    """The association limits of the settings, applied as requests arrive."""
+    """The association limits of the settings, applied as requests arrive, counted over all of the
+    node's receiving processes (tally.py)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tally: Tally | None = None) -> None:
         self.settings = settings
         self.users = UserIdentity(settings)
-
-    def _acceptors(self, assoc: Association) -> list[Association]:
-        return [a for a in assoc.ae.active_associations if a.is_acceptor and not a.is_rejected
-                and not a.is_aborted and not a.is_released]
+        self.tally = tally or Tally()
 
     def on_conn_open(self, event: Event) -> None:
         """Close a connection beyond the host's allowance of connections that have not yet asked."""
         assoc = event.assoc
         host = assoc.requestor.address
-        waiting = [a for a in self._acceptors(assoc) if a.requestor.primitive is None and a.requestor.address == host]
-        if len(waiting) > self.settings.max_pending_per_host:
+        live = {id(a) for a in assoc.ae.active_associations}
+        row = self.tally.take(id(assoc), host, live)
+        if row is None:
+            log.warning("connection from %s closed: this process holds %d connections", host, self.tally.rows)
+        else:
+            assoc.__dict__["_dn_row"] = row
+            waiting = self.tally.count(WAITING, host).host
+            if waiting <= self.settings.max_pending_per_host:
+                return
             log.warning("connection from %s closed: %d connections from it have not sent a request "
-                        "(max_pending_per_host)", host, len(waiting) - 1)
-            if assoc.dul.socket is not None:
-                assoc.dul.socket.close()
+                        "(max_pending_per_host)", host, waiting - 1)
+            self.closed(event)
+        if assoc.dul.socket is not None:
+            assoc.dul.socket.close()
+
+    def closed(self, event: Event) -> None:
+        """The association ended (released, aborted, rejected, its connection closed): it no longer counts."""
+        row = event.assoc.__dict__.pop("_dn_row", None)
+        if row is not None:
+            self.tally.drop(row)
 
     def on_requested(self, event: Event) -> None:
         """Reject a request beyond the limits (A-ASSOCIATE-RJ transient, local limit exceeded)."""
         assoc, s = event.assoc, self.settings
-        asked = [a for a in self._acceptors(assoc) if a.requestor.primitive is not None]
         host, aet = assoc.requestor.address, calling_aet(assoc)
+        row = assoc.__dict__.get("_dn_row")
+        if row is None:
+            _reject(assoc, "no room for another connection", 0x02, 0x03, 0x02)
+            return
+        self.tally.ask(row, aet)
+        asked = self.tally.count(ASKED, host, aet)
         why = None
-        if len(asked) > s.max_associations:
+        if asked.total > s.max_associations:
             why = f"{s.max_associations} associations already open (max_associations)"
-        elif sum(a.requestor.address == host for a in asked) > s.max_associations_per_host:
+        elif asked.host > s.max_associations_per_host:
             why = f"{s.max_associations_per_host} associations from {host} already open (max_associations_per_host)"
-        elif sum(calling_aet(a) == aet for a in asked) > s.max_associations_per_aet:
+        elif asked.aet > s.max_associations_per_aet:
             why = f"{s.max_associations_per_aet} associations of {aet} already open (max_associations_per_aet)"
         if why is not None:
+            self.closed(event)
             _reject(assoc, why, 0x02, 0x03, 0x02)
             return
         why = self._identity_problem(assoc)
         if why is not None:
+            self.closed(event)
             _reject(assoc, why, 0x01, 0x01, 0x03)  # permanent, service user: calling AE title not recognised
             return
         why = self.users.missing(assoc)
         if why is not None:
+            self.closed(event)
             _reject(assoc, why, 0x01, 0x01, 0x01)  # permanent, service user: no reason given
 
     def _identity_problem(self, assoc: Association) -> str | None:

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from dicomnode.node.dimse import patches
+from dicomnode.node.dimse import patches, wire
 from dicomnode.node.dimse.status import status_dataset
 from dicomnode.storage.archive.durable import HashingSink
 from dicomnode.storage.archive.ingest import Ingester, Outcome
@@ -46,7 +46,7 @@ def install(make_sink: Callable[[], HashingSink]) -> None:
             _sinks[sink.name] = (owner, sink)
         return sink
 
-    patches.receive_into(factory)
+    patches.receive_into(factory, wire.file_meta)
 
 
 def claim(path: Path) -> HashingSink:

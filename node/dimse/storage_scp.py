@@ -22,6 +22,7 @@ from dicomnode.node.activity import Activity
 from dicomnode.node.dimse import guard, receive
 from dicomnode.node.dimse.ae import nodelay, server_ae
 from dicomnode.node.dimse.status import NOT_AUTHORIZED, status_dataset
+from dicomnode.node.dimse.tally import Tally
 from dicomnode.node.dimse.users import described, user_of, who_fields
 from dicomnode.node.settings import Settings
 from dicomnode.storage.archive.ingest import Ingester, Outcome
@@ -62,12 +63,13 @@ class InFlight:
 class StorageSCP:
     """Binds the network events to the archive's ingest path."""
 
-    def __init__(self, settings: Settings, ingester: Ingester, activity: Activity | None = None) -> None:
+    def __init__(self, settings: Settings, ingester: Ingester, activity: Activity | None = None,
+                 tally: Tally | None = None) -> None:
         self.settings = settings
         self.ingester = ingester
         self.activity = activity  # lets the workers hold back while images arrive
         self.in_flight = InFlight()
-        self.admission = guard.Admission(settings)
+        self.admission = guard.Admission(settings, tally)
         guard.install(settings)
         self._stats: dict[int, AssocStats] = {}
         self.ae_labels = metrics.AeLabels(r.aet for r in settings.remotes.values())
@@ -95,6 +97,7 @@ class StorageSCP:
     # -- association events -------------------------------------------------
 
     def on_conn_close(self, event: Event) -> None:
+        self.admission.closed(event)
         dropped = receive.discard_unclaimed(event.assoc)
         if dropped:
             log.warning("association %s closed mid-transfer: %d partial object(s) discarded",
@@ -127,6 +130,7 @@ class StorageSCP:
                     reason=why)
 
     def on_closed(self, event: Event) -> None:
+        self.admission.closed(event)
         with self._lock:
             st = self._stats.pop(id(event.assoc), None)
             if st is not None and self.activity is not None:

@@ -164,6 +164,22 @@ def _person_name(name: Any, encodings: list[str]) -> bytes:
     return pn.encode(encodings)
 
 
+# -- the File Meta Information of a received data set (PS3.10 7.1: Explicit VR Little Endian) -------
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, implementation_uid: str,
+              implementation_version: str) -> bytes | None:
+    """The File Meta Information group, group length first, as pydicom's write_file_meta_info
+    writes pynetdicom's create_file_meta (what follows the preamble and "DICM"); None when
+    pydicom must write it."""
+    body = encode_elements([(0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
+                            (0x00020003, "UI", sop_instance), (0x00020010, "UI", transfer_syntax),
+                            (0x00020012, "UI", implementation_uid), (0x00020013, "SH", implementation_version)],
+                           implicit_vr=False)
+    if body is None:
+        return None
+    return _tag.pack(2, 0) + _short.pack(b"UL", 4) + _implicit_len.pack(len(body)) + body
+
+
 # -- command sets (PS3.7 E.1: always Implicit VR Little Endian) ---------------------------------
 
 COMMAND_FIELDS = {"C-STORE-RQ": 0x0001, "C-STORE-RSP": 0x8001, "C-GET-RQ": 0x0010, "C-GET-RSP": 0x8010,

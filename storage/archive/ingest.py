@@ -4,7 +4,8 @@ Order of events, each step durable before the next:
   1. bytes streamed into a HashingSink in <root>/tmp (hash computed on the way)
   2. header parsed and identifiers validated (never the pixel data); the
      storage quotas admit it, recycling old studies if so configured (quota.py)
-  3. sink fsynced, renamed to its hashed path, folder fsynced
+  3. sink fsynced (the fsync starts with step 2 and runs beside it), renamed to
+     its hashed path, folder fsynced
   4. index rows committed (3's rename and folder fsync and 4 are shared by the
      stores that arrive together: commit.py, group commit)
   5. only now the caller answers Success; a replaced file is removed last
@@ -132,7 +133,7 @@ class Ingester:
         if not self.has_room():
             return Outcome(OUT_OF_RESOURCES, "archive is below its free-space reserve", action="failed")
         try:
-            sink.seal()
+            sink.start_seal()  # the fsync runs while the header is parsed and checked
         except OSError as exc:
             return _resource_failure(exc)
         try:
@@ -165,6 +166,12 @@ class Ingester:
         admission = self._admit(values, sink.size)
         if admission.refused:
             return Outcome(OUT_OF_RESOURCES, admission.refused, sop_uid, action="failed")
+        try:
+            sink.sealed()  # the file's bytes are on disk before it gets its name
+        except OSError as exc:
+            if self.quota is not None:
+                self.quota.release(admission)
+            return _resource_failure(exc)
         try:
             unit = self.committer.commit(Unit(sink.path, final, Put(values, facts,
                                                                     self.duplicates is DuplicatePolicy.OVERWRITE,

@@ -17,17 +17,18 @@ rest), so callers handle one kind whichever way a statement ran.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Executable, Table, bindparam, insert
+from sqlalchemy import ClauseElement, Connection, Dialect, Table, bindparam, insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 class Prepared:
     """One Core statement compiled for a dialect, with its parameters' order and bind processors."""
 
-    def __init__(self, stmt: Executable, dialect: Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)
+    def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
         self.sql = str(compiled)
         self.positional = compiled.positional
         names = list(compiled.positiontup or []) if self.positional else list(compiled.binds)
@@ -71,7 +72,7 @@ class Cursor:
     def run_many(self, stmt: Prepared, params: list[dict[str, Any]]) -> None:
         rows = [stmt.args(p) for p in params]
         try:
-            self._cursor.executemany(stmt.sql, rows)
+            self._cursor.executemany(stmt.sql, rows)  # type: ignore[arg-type]
         except self._error as exc:
             raise DBAPIError.instance(stmt.sql, rows, exc, self._error) from exc
 
@@ -98,7 +99,7 @@ class Inserts:
         self.table = table
         self.dialect = dialect
         self.returning = returning
-        self.defaults = {c.key: c.default.arg for c in table.columns  # type: ignore[union-attr]
+        self.defaults = {c.key: c.default.arg for c in table.columns  # type: ignore[attr-defined]
                          if c.default is not None and c.default.is_scalar}
         self._by_columns: dict[tuple[str, ...], Prepared] = {}
 
