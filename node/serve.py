@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -65,8 +66,6 @@ def _serve(settings: Settings, arc: Archive) -> int:
 
     web = WebProcess(settings) if settings.http_port >= 0 else None
     servers: list[ThreadedAssociationServer] = []
-    if receivers.count:  # several receiving processes share the DIMSE port(s): the kernel spreads connections
-        patches.share_port()
     try:  # from here on a failure must stop what has started (a live worker keeps us from exiting)
         if workers:
             workers.start()
@@ -152,8 +151,8 @@ def _drain(settings: Settings, ae: AE, servers: list[ThreadedAssociationServer],
 
 class ReceiverProcesses:
     """`[network] receivers` - 1 more processes receiving on this node's DIMSE port(s) beside the
-    main one (SO_REUSEPORT: the kernel hands each new connection to one of them), so that
-    parsing, hashing and writing use every core. Each has its own connections to the index and
+    main one (all accept on the main process's listening sockets: the kernel hands each new
+    connection to one of them), so that parsing, hashing and writing use every core. Each has its own connections to the index and
     its own group commit; the main process keeps the run marker, the recovery, the web side and
     the worker. A receiving process that dies takes its own associations with it; the others go on."""
 
@@ -170,13 +169,14 @@ class ReceiverProcesses:
         if not self.count:
             return
         ports = {("tls" if s.ssl_context is not None else "plain"): s.server_address[1] for s in servers}
+        listeners = {s.server_address[1]: s.socket for s in servers}
         child = replace(self.settings, port=ports.get("plain", self.settings.port),
                         tls_port=ports.get("tls", self.settings.tls_port))
         readies = []
         for i in range(self.count):
             ready = self._ctx.Event()
             proc = self._ctx.Process(target=receiver_main, args=(child, ready, self.activity,
-                                                                 self.tally.for_process(i + 1)),
+                                                                 self.tally.for_process(i + 1), listeners),
                                      name=f"dicomnode-receiver-{i + 1}", daemon=False)
             proc.start()
             self.procs.append(proc)
@@ -206,7 +206,8 @@ class ReceiverProcesses:
                 proc.join(5)
 
 
-def receiver_main(settings: Settings, ready_event: Any, activity: Activity | None, tally: Tally) -> None:
+def receiver_main(settings: Settings, ready_event: Any, activity: Activity | None, tally: Tally,
+                  listeners: dict[int, socket.socket]) -> None:
     """A receiving process: the DIMSE services on the shared port(s) until SIGTERM (from the main
     process) or the main process's death."""
     from dicomnode.node.logs import setup_logging
@@ -217,7 +218,9 @@ def receiver_main(settings: Settings, ready_event: Any, activity: Activity | Non
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     parent = os.getppid()
     arc = services.archive(settings)
-    patches.share_port()
+    for listener in listeners.values():  # at once: its blocking mode is shared with the other processes
+        listener.setblocking(False)
+    patches.inherit_listeners(listeners)
     scp, qr, ae, handlers = _dimse(settings, arc, activity, tally)
     servers = _listen(settings, ae, handlers)
     _own_address(qr, servers)

@@ -17,7 +17,7 @@ pynetdicom's public API has no hook for ten things the node needs:
   - sending a request (the storage commitment report) on an association the
     peer opened, from another thread, without the association's own reactor
     taking the response off the queue: `reactor_paused`;
-  - listeners that several receiving processes share (SO_REUSEPORT): `share_port`;
+  - a listening socket several receiving processes accept on: `inherit_listeners`;
   - command sets and C-FIND identifiers encoded by a faster encoder than
     pydicom's general writer where it can: `encode_with`;
   - DIMSE-C command sets encoded without pydicom's writer, a small message
@@ -406,21 +406,38 @@ def wrap_socket_recv(wrap: Callable[[Callable[..., bytearray]], Callable[..., by
     _applied.add("recv")
 
 
-def share_port() -> None:
-    """Listeners bound from now on set SO_REUSEPORT, so that several receiving processes can listen
-    on one port (the kernel spreads new connections over them). pynetdicom's server_bind sets its
-    own options and ignores socketserver's allow_reuse_port, so it is wrapped here."""
-    original = AssociationServer.server_bind
-    if getattr(original, "_shares_port", False):
+def inherit_listeners(sockets: dict[int, socket.socket]) -> None:
+    """Listeners started from now on, on one of these ports, accept on the given listening socket
+    (the main process's, passed to a receiving process) instead of binding one of their own.
+
+    Every receiving process of a node accepts on the one socket the main process bound (the
+    kernel hands each new connection to one of the processes waiting in accept). A port shared
+    with SO_REUSEPORT instead would let any other program of the same user bind it too, a second
+    node started on the port by mistake among them, and take half the associations unseen.
+    """
+    check_version()
+    if "inherit_listeners" in _applied:
+        _inherited.update(sockets)
         return
+    _inherited.update(sockets)
+    original = AssociationServer.server_bind
 
     def server_bind(self: AssociationServer) -> None:
+        listener = _inherited.get(self.server_address[1])
+        if listener is None:
+            return original(self)
         assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        original(self)
+        self.socket.close()
+        listener.setblocking(False)  # see handshake_in_thread's get_request
+        self.socket = listener
+        self.server_address = listener.getsockname()
+        return None
 
-    server_bind._shares_port = True  # type: ignore[attr-defined]
     AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
+    _applied.add("inherit_listeners")
+
+
+_inherited: dict[int, socket.socket] = {}
 
 
 def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
@@ -431,7 +448,12 @@ def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
         return
 
     def get_request(self: AssociationServer) -> tuple[Any, Any]:
-        client, address = self.socket.accept()  # type: ignore[union-attr]
+        listener = cast(socket.socket, self.socket)
+        if listener.gettimeout() != 0.0:
+            # receiving processes accept on one socket (inherit_listeners): the one that loses the
+            # race for a connection must get EAGAIN, not wait in accept for the next one
+            listener.setblocking(False)
+        client, address = listener.accept()
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address

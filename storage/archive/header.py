@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,13 +41,18 @@ class Header:
     meta: FileMetaDataset
     ds: Dataset
     end: int = 0  # file offset where parsing stopped: the Pixel Data tag, or the end of the file
+    _uids: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def transfer_syntax(self) -> str:
         return str(self.meta.get("TransferSyntaxUID", ""))
 
     def uid(self, keyword: str) -> str:
-        return str(self.ds.get(keyword, "") or "").strip("\x00 ")
+        """A UID of the data set, read once (a store asks for each several times)."""
+        got = self._uids.get(keyword)
+        if got is None:
+            got = self._uids[keyword] = str(self.ds.get(keyword, "") or "").strip("\x00 ")
+        return got
 
 
 def read_header(path: Path, force: bool = False) -> Header:
@@ -259,32 +265,37 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def level_values(ds: Dataset, model: type) -> dict[str, Any]:
-    """The values of a level's indexed DICOM attributes present in the data set."""
-    values: dict[str, Any] = {}
-    ints = integer_columns(model)
-    for kw, tag in dicom_tags(model):
-        if tag not in ds:
+@cache
+def _indexed() -> dict[int, list[tuple[str, str, bool]]]:
+    """Tag -> (level, keyword, integer column?) of every level's indexed attributes, in table order."""
+    out: dict[int, list[tuple[str, str, bool]]] = {}
+    for level, model in (("PATIENT", Patient), ("STUDY", Study), ("SERIES", Series), ("IMAGE", Instance)):
+        ints = integer_columns(model)
+        for kw, tag in dicom_tags(model):
+            out.setdefault(tag, []).append((level, kw, kw in ints))
+    return out
+
+
+def index_values(header: Header) -> dict[str, dict[str, Any]]:
+    """What the index holds of an object, by level: the values of each level's indexed DICOM
+    attributes present in the data set, in one pass (each value converted once, however many
+    levels hold it)."""
+    ds = header.ds
+    present = ds.keys()
+    out: dict[str, dict[str, Any]] = {"PATIENT": {}, "STUDY": {}, "SERIES": {}, "IMAGE": {}}
+    for tag, targets in _indexed().items():
+        if tag not in present:
             continue
         try:
             raw = ds[tag].value
         except Exception:
             continue  # an unreadable optional attribute is not worth losing the object
-        values[kw] = _int(raw) if kw in ints else text(raw)
-    return values
-
-
-def index_values(header: Header) -> dict[str, dict[str, Any]]:
-    ds = header.ds
-    inst = level_values(ds, Instance)
+        for level, kw, integer in targets:
+            out[level][kw] = _int(raw) if integer else text(raw)
+    inst = out["IMAGE"]
     inst["TransferSyntaxUID"] = header.transfer_syntax
     inst["SOPClassUID"] = header.uid("SOPClassUID")
     inst["SOPInstanceUID"] = header.uid("SOPInstanceUID")
     if inst.get("NumberOfFrames") is None and inst.get("Rows"):
         inst["NumberOfFrames"] = 1
-    return {
-        "PATIENT": level_values(ds, Patient),
-        "STUDY": level_values(ds, Study),
-        "SERIES": level_values(ds, Series),
-        "IMAGE": inst,
-    }
+    return out
