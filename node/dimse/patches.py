@@ -34,7 +34,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +48,7 @@ from pynetdicom import _config, _handlers, dimse_messages, evt, fsm, service_cla
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
@@ -219,24 +222,54 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
         if data:
             pdata.presentation_data_value_list.append((context_id, b"\x02" + data))
-        self.dul.send_pdu(pdata)
+        if not _send_now(self.dul, pdata):
+            self.dul.send_pdu(pdata)
         return None
 
     send_pdata = fsm.ACTIONS["DT-1"]
 
     def dt_1(dul: Any) -> str:
         """Send P-DATA-TF PDU: a StreamedData as a run of PDUs written by the reactor itself."""
-        queued = dul.to_provider_queue.queue
-        if queued and isinstance(queued[0], StreamedData):
-            stream = dul.to_provider_queue.get(False)
-            for chunk in stream.chunks():
-                dul.socket.send(chunk)
-            return "Sta6"
-        return send_pdata[1](dul)
+        with _sending(dul):
+            queued = dul.to_provider_queue.queue
+            if queued and isinstance(queued[0], StreamedData):
+                stream = dul.to_provider_queue.get(False)
+                for chunk in stream.chunks():
+                    dul.socket.send(chunk)
+                return "Sta6"
+            return send_pdata[1](dul)
 
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
     fsm.ACTIONS["DT-1"] = (send_pdata[0], dt_1, send_pdata[2])
     _applied.add("quick_send")
+
+
+def _sending(dul: Any) -> threading.Lock:
+    """The lock of an association's P-DATA writes (the reactor's DT-1 and _send_now)."""
+    lock = dul.__dict__.get("_dn_sending")
+    if lock is None:
+        lock = dul.__dict__.setdefault("_dn_sending", threading.Lock())
+    return cast(threading.Lock, lock)
+
+
+def _send_now(dul: Any, pdata: P_DATA) -> bool:
+    """Write a small message's P-DATA-TF to the socket from the calling thread (the association's),
+    when nothing queued is to go before it; False leaves it to the DUL reactor's queue.
+
+    Handing each response to the reactor thread and waking it cost a C-STORE ~0.2 ms between
+    the handler's return and the response on the wire. The reactor's own P-DATA writes hold the
+    same lock, so the stream is never interleaved, and it takes a queued message only under it,
+    so an empty queue means nothing is in flight. Not over TLS: an SSL socket must not be read
+    (by the reactor) and written (here) by two threads at once.
+    """
+    sock = dul.socket
+    if sock is None or isinstance(sock.socket, ssl.SSLSocket):
+        return False
+    with _sending(dul):
+        if dul.to_provider_queue.queue or dul.state_machine.current_state != "Sta6":
+            return False
+        dul._send(P_DATA_TF(pdata))
+        return True
 
 
 class StreamedData(P_DATA):
