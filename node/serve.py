@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -154,7 +155,8 @@ class ReceiverProcesses:
     main one (all accept on the main process's listening sockets: the kernel hands each new
     connection to one of them), so that parsing, hashing and writing use every core. Each has its own connections to the index and
     its own group commit; the main process keeps the run marker, the recovery, the web side and
-    the worker. A receiving process that dies takes its own associations with it; the others go on."""
+    the worker. A receiving process that dies takes its own associations with it; the others go on.
+    The main process killed takes them all with it (_die_with), as a node of one process."""
 
     def __init__(self, settings: Settings, activity: Activity | None) -> None:
         wanted = settings.receivers or (os.cpu_count() or 1)
@@ -217,6 +219,7 @@ def receiver_main(settings: Settings, ready_event: Any, activity: Activity | Non
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     parent = os.getppid()
+    _die_with(parent)
     arc = services.archive(settings)
     for listener in listeners.values():  # at once: its blocking mode is shared with the other processes
         listener.setblocking(False)
@@ -229,6 +232,19 @@ def receiver_main(settings: Settings, ready_event: Any, activity: Activity | Non
         if os.getppid() != parent:  # the main process died without telling us (kill -9)
             break
     _drain(settings, ae, servers, scp)
+
+
+def _die_with(parent: int) -> None:
+    """A receiving process is killed the moment the main process dies (Linux PR_SET_PDEATHSIG):
+    a node killed with kill -9 stops whole, as one process would, and a restarted node's start-up
+    recovery never runs beside receivers of the dead one still storing into the archive."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the receiver notices the main process's death within half a second
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
 
 
 def _listen(settings: Settings, ae: AE, handlers: list[Any]) -> list[ThreadedAssociationServer]:
