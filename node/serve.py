@@ -159,7 +159,10 @@ class ReceiverProcesses:
     The main process killed takes them all with it (_die_with), as a node of one process."""
 
     def __init__(self, settings: Settings, activity: Activity | None) -> None:
-        wanted = settings.receivers or (os.cpu_count() or 1)
+        # quotas are exact within one process only (storage/archive/quota.py): with one set, one
+        # receiving process unless the operator asks for more
+        quotas = settings.max_size_gb > 0 or settings.max_studies > 0 or settings.max_patients > 0
+        wanted = settings.receivers or (1 if quotas else os.cpu_count() or 1)
         self.count = max(wanted - 1, 0)
         self.tally = Tally(self.count + 1)  # the association limits count over all of them
         self.settings = settings

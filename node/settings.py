@@ -65,7 +65,7 @@ class Settings:
     host: str = _setting("network", "127.0.0.1", "address to listen on (loopback unless told otherwise)")
     port: int = _setting("network", 11112, "TCP port to listen on")
     receivers: int = _setting("network", 0, "processes receiving on the DIMSE port(s), accepting on one "
-                              "listening socket: 0 = one per CPU core")
+                              "listening socket: 0 = one per CPU core (one when a quota is set)")
     max_associations: int = _setting("network", 32, "associations open at once, counted from their request on")
     max_associations_per_host: int = _setting("network", 16, "of those, from one IP address")
     max_associations_per_aet: int = _setting("network", 16, "of those, of one calling AE title")
