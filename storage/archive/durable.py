@@ -9,6 +9,7 @@ tree, so a crash at any moment leaves either nothing or a complete file.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 TMP_SUFFIX = ".part"
 # A sink's writes reach the kernel as they arrive (a PDV is up to a PDU, 16-64 kB), small ones
@@ -203,6 +205,7 @@ class HashingSink:
         self.size = 0
         self.error: OSError | None = None
         self._sync: Future[None] | None = None
+        self._written_back = 0  # bytes handed to the kernel's writeback so far (_write_back)
         self._finalizer = weakref.finalize(self, _discard, self._f, name)
 
     @property
@@ -218,7 +221,21 @@ class HashingSink:
                 self._hash.update(data)
             except OSError as exc:
                 self.error = exc
+            if self.size - self._written_back >= WRITE_BACK:
+                self._write_back()
         return n
+
+    def _write_back(self) -> None:
+        """Have the kernel start writing what has arrived so far (sync_file_range, without waiting):
+        left to the seal's fsync, a 1 GB object's every byte went to the disk only then, ~1.5 s of
+        waiting after its last byte had arrived."""
+        try:
+            self._f.flush()
+        except OSError as exc:
+            self.error = exc
+            return
+        start, self._written_back = self._written_back, self.size
+        _start_writeback(self._f.fileno(), start, self.size - start)
 
     def flush(self) -> None:
         """No-op: pynetdicom flushes after every PDV; buffering is ours to decide."""
@@ -286,6 +303,28 @@ class HashingSink:
     def discard(self) -> None:
         self._settle()
         self._finalizer()
+
+
+WRITE_BACK = 8 << 20  # a large object's bytes are handed to writeback every 8 MB
+
+
+@cache
+def _sync_file_range() -> Any:
+    """Linux's sync_file_range(2), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return fn
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of a file to disk without waiting (an advice: errors are the fsync's to find)."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 @cache
