@@ -449,10 +449,9 @@ def inherit_listeners(sockets: dict[int, socket.socket]) -> None:
     node started on the port by mistake among them, and take half the associations unseen.
     """
     check_version()
-    if "inherit_listeners" in _applied:
-        _inherited.update(sockets)
-        return
     _inherited.update(sockets)
+    if "inherit_listeners" in _applied:
+        return
     original = AssociationServer.server_bind
 
     def server_bind(self: AssociationServer) -> None:
@@ -461,8 +460,7 @@ def inherit_listeners(sockets: dict[int, socket.socket]) -> None:
             return original(self)
         assert self.socket is not None
         self.socket.close()
-        listener.setblocking(False)  # see handshake_in_thread's get_request
-        self.socket = listener
+        self.socket = listener  # non-blocking (serve.receiver_main; handshake_in_thread's get_request)
         self.server_address = listener.getsockname()
         return None
 

@@ -26,6 +26,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from dicomnode.storage.archive.durable import pid_alive
+
 COLS = 5  # pid, association, state, host key, AE key
 PID, ASSOC, STATE, HOST, AET = range(COLS)
 WAITING, ASKED = 1, 2
@@ -122,12 +124,8 @@ def _alive(pid: int) -> bool:
     process reaps it, and its connections are gone from that moment."""
     if pid == os.getpid():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
