@@ -178,3 +178,42 @@ def test_file_meta_as_pynetdicom_writes_it(sop_class: str, sop_instance: str, sy
     assert wire.file_meta(sop_class, sop_instance, syntax, PYNETDICOM_IMPLEMENTATION_UID,
                           PYNETDICOM_IMPLEMENTATION_VERSION) == fp.getvalue()
     assert wire.file_meta("1.2.3", "1.2.\u00e9", syntax, "1.2", "X") is None  # not ASCII: pydicom's
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + len(value).to_bytes(4, "little") + value
+
+
+@pytest.mark.parametrize("primitive, has_data", _primitives())
+def test_command_sets_decode_as_pydicom_reads_them(primitive: object, has_data: bool) -> None:
+    """Every command set the encoder makes reads back as pydicom reads it, element for element."""
+    from pynetdicom.dsutils import decode
+
+    response = primitive.MessageIDBeingRespondedTo is not None  # type: ignore[attr-defined]
+    name = (_RSP_TO_MESSAGE if response else _RQ_TO_MESSAGE)[type(primitive)].__name__.replace("_", "-")
+    data = wire.command_set(name, primitive, _COMMAND_SET_KEYWORDS[name], has_data)
+    assert data is not None
+    assert wire.decode_command(data) == {e.keyword: e.value for e in decode(BytesIO(data), True, True)}
+
+
+@pytest.mark.parametrize("value", [
+    _element(0x00000002, b"1.2.840.10008.1.1\x00") + _element(0x00000100, b"\x30\x80"),  # UI padded with NUL
+    _element(0x00000002, b"1.2.3 ") + _element(0x00001030, b" MOVESCU  "),  # AE: padding either side
+    _element(0x00000900, b"\x00\xa7") + _element(0x00000902, b"\xe9chec "),  # LO in the default repertoire
+    _element(0x00000800, b"\x01\x01") + _element(0x00001021, b"\x01\x00"),
+])
+def test_padded_command_values_decode_as_pydicom_reads_them(value: bytes) -> None:
+    from pynetdicom.dsutils import decode
+
+    assert wire.decode_command(value) == {e.keyword: e.value for e in decode(BytesIO(value), True, True)}
+
+
+@pytest.mark.parametrize("value", [
+    _element(0x00000901, b"\x08\x00\x18\x00"),  # Offending Element (AT): left to pynetdicom
+    _element(0x00000002, b"1.2.3\\1.2.4 "),  # more than one value
+    _element(0x00000900, b"\x00"),  # US of one byte
+    _element(0x00000002, b"1.2.3 ")[:-2],  # cut short
+    _element(0x00080018, b"1.2.3 "),  # not a command element
+])
+def test_command_sets_left_to_pynetdicom(value: bytes) -> None:
+    assert wire.decode_command(value) is None

@@ -109,6 +109,7 @@ def server_ae(s: Settings) -> AE:
     _no_narration()
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
+    patches.quick_receive(wire.decode_command)
     patches.wake_reactors()
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
@@ -143,6 +144,7 @@ def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
     _no_narration()
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
+    patches.quick_receive(wire.decode_command)
     patches.wake_reactors()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse

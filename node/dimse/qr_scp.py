@@ -183,7 +183,7 @@ class QueryRetrieveSCP:
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         files, problem = self._selection(event, "move")
-        kwargs = {"contexts": retrieve.contexts_for([(f.SOPClassUID, f.__dict__["archived_syntax"])
+        kwargs = {"contexts": retrieve.contexts_for([(f.SOPClassUID, f.stored_syntax)
                                                      for f in files] or [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]),
                   "max_pdu": self.settings.max_pdu,
                   # Nagle off on the sub-association as on every other: with it, each image's

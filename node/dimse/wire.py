@@ -234,3 +234,43 @@ def _command_tags() -> dict[str, tuple[int, str]]:
 
 
 _COMMAND_TAGS = _command_tags()
+_COMMAND_BY_TAG = {tag: (kw, vr) for kw, (tag, vr) in _COMMAND_TAGS.items()}
+_COMMAND_BY_TAG[0x00000000] = ("CommandGroupLength", "UL")
+_element = struct.Struct("<II")  # implicit VR: the tag (group, element as one little-endian int) and length
+
+
+def decode_command(data: bytes) -> dict[str, Any] | None:
+    """The elements of an encoded command set (Implicit VR Little Endian, PS3.7 6.3.1) by keyword,
+    valued as pydicom decodes them (PS3.5 6.2: AE without its padding on either side, UI and LO
+    without trailing padding, US and UL as ints), or None for anything else: an element this
+    decoder does not know, a multi-valued or malformed one, which pynetdicom then decodes.
+    """
+    out: dict[str, Any] = {}
+    at, end = 0, len(data)
+    try:
+        while at < end:
+            tag, length = _element.unpack_from(data, at)
+            tag = ((tag & 0xFFFF) << 16) | (tag >> 16)
+            at += 8
+            value = data[at:at + length]
+            at += length
+            known = _COMMAND_BY_TAG.get(tag)
+            if known is None or len(value) != length:
+                return None
+            kw, vr = known
+            if vr == "US":
+                if length != 2:
+                    return None
+                out[kw] = value[0] | value[1] << 8
+            elif vr == "UL":
+                if length != 4:
+                    return None
+                out[kw] = int.from_bytes(value, "little")
+            else:
+                if b"\\" in value:
+                    return None
+                text = value.decode("latin-1")
+                out[kw] = text.strip(" ") if vr == "AE" else text.rstrip("\0 ")
+    except struct.error:
+        return None
+    return out
