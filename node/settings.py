@@ -71,7 +71,7 @@ class Settings:
     max_associations_per_aet: int = _setting("network", 16, "of those, of one calling AE title")
     max_pending_per_host: int = _setting("network", 16, "connections from one IP address that have not sent "
                                          "their association request yet; more are closed")
-    max_pdu: int = _setting("network", 65536, "maximum PDU length we receive (0 = unlimited)")
+    max_pdu: int = _setting("network", 131072, "maximum PDU length we receive (0 = unlimited)")
     acse_timeout: float = _setting("network", 30.0, "seconds to wait for association messages")
     dimse_timeout: float = _setting("network", 60.0, "seconds to wait for DIMSE messages")
     network_timeout: float = _setting("network", 60.0, "seconds an idle association is kept")

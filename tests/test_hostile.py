@@ -133,6 +133,25 @@ def test_a_pdu_trickled_after_association_is_cut_off(strict: Node) -> None:
     s.close()
 
 
+@pytest.mark.parametrize("body", [
+    struct.pack(">L", 100) + b"\x01\x02" + b"\0" * 4,  # an item longer than the PDU
+    struct.pack(">L", 1) + b"\x01",  # an item too short for its context ID and control header
+    struct.pack(">L", 4) + b"\x01\x03\0\0" + b"\0\0",  # bytes left over that are no item
+])
+def test_p_data_whose_items_do_not_add_up_is_aborted(strict: Node, body: bytes) -> None:
+    """The node's own P-DATA reader (patches.quick_pdata) leaves these to pynetdicom, which aborts."""
+    s = _associated(strict)
+    s.sendall(pdu_header(0x04, len(body)) + body)
+    s.settimeout(5)
+    try:
+        answer = s.recv(1)
+    except OSError:
+        answer = b""
+    assert answer in (b"\x07", b""), answer  # A-ABORT, or closed
+    s.close()
+    assert echo_ok(strict.port)
+
+
 def test_huge_declared_pdus_are_refused_before_they_are_read(strict: Node) -> None:
     before = peak_rss_mb(strict.proc.pid)
     # an A-ASSOCIATE-RQ, then (associated) a P-DATA-TF, each declaring 4 GB

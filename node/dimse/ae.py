@@ -110,6 +110,7 @@ def server_ae(s: Settings) -> AE:
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
     patches.quick_receive(wire.decode_command)
+    patches.quick_pdata()
     patches.wake_reactors()
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
@@ -145,6 +146,7 @@ def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
     patches.encode_with(wire.encode_flat)
     patches.quick_send(wire.command_set)
     patches.quick_receive(wire.decode_command)
+    patches.quick_pdata()
     patches.wake_reactors()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse

@@ -48,7 +48,7 @@ _READ_CHUNK = 1 << 16
 
 @dataclass
 class Limits:
-    max_pdu: int = 65536
+    max_pdu: int = 131072
     acse_timeout: float = 30.0
     network_timeout: float | None = 60.0
 
