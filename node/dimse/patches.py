@@ -23,7 +23,8 @@ pynetdicom's public API has no hook for twelve things the node needs:
   - DIMSE-C command sets encoded without pydicom's writer, a small message
     sent as one PDU, and a C-STORE from a file written to the socket by the
     reactor in large writes: `quick_send`;
-  - DIMSE-C responses decoded without pydicom: `quick_receive`;
+  - DIMSE-C responses and C-STORE requests' command sets decoded without
+    pydicom: `quick_receive`;
   - a P-DATA-TF PDU handed to the DIMSE layer without pynetdicom's PDU
     objects and state machine turn: `quick_pdata`;
   - reactors woken by what they wait for (data on the socket, a message
@@ -43,13 +44,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 import pynetdicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import _config, _handlers, dimse_messages, evt, fsm, service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -256,13 +261,16 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
 
 
 def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> None:
-    """DIMSE-C responses without a data set are decoded faster than pynetdicom decodes them.
+    """DIMSE-C responses without a data set, and C-STORE requests' command sets, are decoded faster
+    than pynetdicom decodes them.
 
     pynetdicom decodes every command set into a pydicom data set and copies it element by element
     into the primitive: a third of the node's time in a C-GET, whose every sub-operation ends
     with a C-STORE response (py-spy). A response that comes whole in one PDV (as every SCP
     sends one: it is a hundred bytes) has its command set decoded by `decode_command`
-    (node/dimse/wire.py) straight into the primitive, through the same setters. Anything else,
+    (node/dimse/wire.py) straight into the primitive, through the same setters; so has a
+    C-STORE request's, whose data set pynetdicom then receives as ever (_store_request makes
+    the file and message its decode_msg would have made). Anything else,
     or a command set that decoder leaves alone, goes to pynetdicom, as do all messages when its
     debug log is on or a handler of ours wants the received message (EVT_DIMSE_RECV).
     """
@@ -294,6 +302,14 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
                 rsp._context_id = context_id
                 self.msg_queue.put((context_id, rsp))
                 return
+            if (fields and fields.get("CommandField") == 0x0001 and fields.get("CommandDataSetType") != 0x0101
+                    and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx):
+                self.message = _store_request(self.assoc, context_id, fields)
+                rest = primitive.presentation_data_value_list[1:]
+                if not rest:
+                    return
+                primitive = P_DATA()
+                primitive._presentation_data_value_list = rest
         original(self, primitive)
 
     DIMSEServiceProvider.receive_primitive = receive_primitive  # type: ignore[method-assign]
@@ -379,6 +395,47 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
         out.append((body[at + 4], view[at + 5:at + 4 + n]))
         at += 4 + n
     return out or None
+
+
+class _StoreRequest(C_STORE_RQ):
+    """A C-STORE-RQ whose command set quick_receive decoded: its data set is received by
+    pynetdicom's decode_msg (into the file receive_into made), its primitive made already."""
+
+    def __init__(self, context_id: int, primitive: C_STORE) -> None:
+        # not DIMSEMessage's: it builds a command set data set, which this message has no use for
+        self.context_id = context_id
+        self.primitive = primitive
+        self.encoded_command_set = BytesIO()
+        self.data_set = BytesIO()
+        self.command_set = None  # type: ignore[assignment]
+        self._data_set_path = None
+        self._data_set_file = None
+
+    def message_to_primitive(self) -> Any:
+        p = self.primitive
+        p.DataSet = self.data_set
+        p._context_id = self.context_id
+        p._dataset_path = self._data_set_path
+        p._dataset_file = self._data_set_file
+        return p
+
+
+def _store_request(assoc: Association, context_id: int, fields: dict[str, Any]) -> _StoreRequest:
+    """The DIMSE message of a C-STORE-RQ whose command set has arrived, as pynetdicom's decode_msg
+    leaves it at that point: its data set's file created, with preamble and File Meta."""
+    p = C_STORE()
+    for kw, value in fields.items():
+        if hasattr(p, kw):
+            setattr(p, kw, value)
+    msg = _StoreRequest(context_id, p)
+    f: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    msg._data_set_file = f
+    msg._data_set_path = Path(f.name)
+    f.write(b"\x00" * 128 + b"DICM")
+    dimse_messages.write_file_meta_info(f, dimse_messages.create_file_meta(
+        sop_class_uid=cast(UID, p.AffectedSOPClassUID), sop_instance_uid=cast(UID, p.AffectedSOPInstanceUID),
+        transfer_syntax=assoc._accepted_cx[context_id].transfer_syntax[0]))
+    return msg
 
 
 PENDING_INTERVAL = 0.05
