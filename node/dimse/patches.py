@@ -294,17 +294,17 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
             context_id, data = pdvs[0]
             fields = decode_command(bytes(data[1:]))
             kind = responses.get(fields.get("CommandField", -1)) if fields else None
-            if fields and kind is not None and fields.get("CommandDataSetType") == 0x0101:
-                rsp = kind()
-                for kw, value in fields.items():
-                    if hasattr(rsp, kw):
-                        setattr(rsp, kw, value)
+            rsp = _filled(kind, fields) if fields and kind is not None \
+                and fields.get("CommandDataSetType") == 0x0101 else None
+            if rsp is not None:
                 rsp._context_id = context_id
                 self.msg_queue.put((context_id, rsp))
                 return
-            if (fields and fields.get("CommandField") == 0x0001 and fields.get("CommandDataSetType") != 0x0101
-                    and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx):
-                self.message = _store_request(self.assoc, context_id, fields)
+            rq = _filled(C_STORE, fields) if (
+                fields and fields.get("CommandField") == 0x0001 and fields.get("CommandDataSetType") != 0x0101
+                and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx) else None
+            if rq is not None:
+                self.message = _store_request(self.assoc, context_id, rq)
                 rest = primitive.presentation_data_value_list[1:]
                 if not rest:
                     return
@@ -420,13 +420,23 @@ class _StoreRequest(C_STORE_RQ):
         return p
 
 
-def _store_request(assoc: Association, context_id: int, fields: dict[str, Any]) -> _StoreRequest:
+def _filled(kind: Any, fields: dict[str, Any]) -> Any:
+    """A primitive of `kind` with the decoded command elements it has a parameter for, set through
+    its setters (which check them), or None when one is refused: pynetdicom then decodes the
+    message again and refuses it its own way (an invalid message aborts the association)."""
+    p = kind()
+    try:
+        for kw, value in fields.items():
+            if hasattr(p, kw):
+                setattr(p, kw, value)
+    except (ValueError, TypeError):
+        return None
+    return p
+
+
+def _store_request(assoc: Association, context_id: int, p: C_STORE) -> _StoreRequest:
     """The DIMSE message of a C-STORE-RQ whose command set has arrived, as pynetdicom's decode_msg
     leaves it at that point: its data set's file created, with preamble and File Meta."""
-    p = C_STORE()
-    for kw, value in fields.items():
-        if hasattr(p, kw):
-            setattr(p, kw, value)
     msg = _StoreRequest(context_id, p)
     f: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
     msg._data_set_file = f
