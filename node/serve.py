@@ -258,6 +258,10 @@ def _listen(settings: Settings, ae: AE, handlers: list[Any]) -> list[ThreadedAss
     if settings.tls_enabled:
         addresses.append(((settings.host, settings.tls_port), tls.server_context(settings)))
     servers: list[ThreadedAssociationServer] = []
+    # socketserver listens with a backlog of 5: a burst of connections (modalities at a shift's
+    # start, 200 idle sockets in tests/test_hostile.py) had SYNs dropped and retried 1, 3, 7 ...
+    # seconds later, so connecting took up to 30 s
+    ThreadedAssociationServer.request_queue_size = 128
     try:
         for address, context in addresses:
             try:

@@ -217,3 +217,20 @@ def test_padded_command_values_decode_as_pydicom_reads_them(value: bytes) -> Non
 ])
 def test_command_sets_left_to_pynetdicom(value: bytes) -> None:
     assert wire.decode_command(value) is None
+
+
+def test_remembered_uids_still_checked_when_new_or_bad(caplog: pytest.LogCaptureFixture) -> None:
+    """patches.remember_valid_uids: a valid UID passes again unchecked; a non-conformant one is warned
+    about every time, an invalid one refused every time."""
+    from dicomnode.node.dimse import patches
+
+    patches.remember_valid_uids()
+    for _ in range(2):
+        rq = C_STORE()
+        rq.AffectedSOPInstanceUID = "1.2.840.113619.2.55.3"
+        assert rq.AffectedSOPInstanceUID == "1.2.840.113619.2.55.3"
+        caplog.clear()
+        rq.AffectedSOPInstanceUID = "1.2.03.4"  # a leading zero: non-conformant, accepted with a warning
+        assert "Non-conformant" in caplog.text
+        with pytest.raises(ValueError):
+            rq.AffectedSOPInstanceUID = "1." * 40  # over 64 characters

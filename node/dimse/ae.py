@@ -111,6 +111,7 @@ def server_ae(s: Settings) -> AE:
     patches.quick_send(wire.command_set)
     patches.quick_receive(wire.decode_command)
     patches.quick_pdata()
+    patches.remember_valid_uids()
     patches.wake_reactors()
     ae = AE(ae_title=s.aet)
     ae.require_called_aet = s.require_called_aet
@@ -147,6 +148,7 @@ def client_ae(calling_aet: str, timeouts: Timeouts) -> AE:
     patches.quick_send(wire.command_set)
     patches.quick_receive(wire.decode_command)
     patches.quick_pdata()
+    patches.remember_valid_uids()
     patches.wake_reactors()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse

@@ -1,6 +1,6 @@
 """Every place dicomnode reaches into pynetdicom's internals, behind one version check.
 
-pynetdicom's public API has no hook for twelve things the node needs:
+pynetdicom's public API has no hook for thirteen things the node needs:
   - received data sets written into a sink of ours (the archive's temp folder,
     hashed while written) rather than a NamedTemporaryFile, behind a File Meta
     encoded without pydicom's writer: `receive_into`;
@@ -27,6 +27,7 @@ pynetdicom's public API has no hook for twelve things the node needs:
     pydicom: `quick_receive`;
   - a P-DATA-TF PDU handed to the DIMSE layer without pynetdicom's PDU
     objects and state machine turn: `quick_pdata`;
+  - UIDs that passed pynetdicom's checks once not checked again: `remember_valid_uids`;
   - reactors woken by what they wait for (data on the socket, a message
     queued) rather than polling with 1 ms naps: `wake_reactors`.
 Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
@@ -446,6 +447,38 @@ def _store_request(assoc: Association, context_id: int, p: C_STORE) -> _StoreReq
         sop_class_uid=cast(UID, p.AffectedSOPClassUID), sop_instance_uid=cast(UID, p.AffectedSOPInstanceUID),
         transfer_syntax=assoc._accepted_cx[context_id].transfer_syntax[0]))
     return msg
+
+
+def remember_valid_uids(size: int = 4096) -> None:
+    """pynetdicom's primitives check every UID set on them with two regular expressions: a
+    C-GET sub-operation sets four (class and instance, request and response), a tenth of the
+    node's CPU in a C-GET (py-spy). A UID that passed cleanly (valid, so nothing to warn about)
+    is remembered, up to `size` of them, and passes again without the check; any other value
+    (new, non-conformant, invalid) gets pynetdicom's own check, its warning or its error.
+    """
+    check_version()
+    if "uid_memo" in _applied:
+        return
+    from pynetdicom import dimse_primitives
+
+    original = dimse_primitives.set_uid
+    known: dict[str, UID] = {}
+
+    def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+                validate: bool = True) -> UID | None:
+        if type(value) is str or type(value) is UID:
+            seen = known.get(value)
+            if seen is not None:
+                return seen
+        result = original(value, name, allow_empty, allow_none, validate)
+        if result and validate and isinstance(value, str) and result.is_valid:
+            if len(known) >= size:
+                known.clear()
+            known[value] = result
+        return result
+
+    dimse_primitives.set_uid = set_uid
+    _applied.add("uid_memo")
 
 
 PENDING_INTERVAL = 0.05
