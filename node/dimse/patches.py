@@ -188,7 +188,7 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
 
     A C-STORE request whose data set comes from a file (C-MOVE and C-GET sub-operations) is
     one StreamedData, its PDUs written straight to the socket, up to a megabyte per write,
-    reading the file as it goes: by the calling thread where it can (_stream_now), else queued
+    reading the file as it goes: by the calling thread where it can (_write_now), else queued
     for the reactor. pynetdicom queued one primitive per PDU (32 for a 512x512 CT at DCMTK's
     16 kB PDU), each a turn of the reactor, which naps a millisecond whenever it finds the queue
     empty.
@@ -227,7 +227,9 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
             stream = StreamedData.open(context_id, command, path[0], path[1], max_pdu)
             if stream is None:
                 return original(self, primitive, context_id)
-            if not _stream_now(self.dul, stream):
+            # from this thread, which then waits for the response: handing it to the reactor
+            # cost each C-GET sub-operation a wake of that thread and its turn
+            if not _write_now(self.dul, lambda: _stream(self.dul, stream)):
                 self.dul.send_pdu(stream)
             return None
         if max_pdu and 12 + len(command) + len(data) > max_pdu:
@@ -236,7 +238,9 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
         if data:
             pdata.presentation_data_value_list.append((context_id, b"\x02" + data))
-        if not _send_now(self.dul, pdata):
+        # from this thread: handing each response to the reactor and waking it cost a C-STORE
+        # ~0.2 ms between the handler's return and the response on the wire
+        if not _write_now(self.dul, lambda: self.dul._send(P_DATA_TF(pdata))):
             self.dul.send_pdu(pdata)
         return None
 
@@ -247,12 +251,7 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
         with _sending(dul):
             queued = dul.to_provider_queue.queue
             if queued and isinstance(queued[0], StreamedData):
-                stream = dul.to_provider_queue.get(False)
-                try:
-                    stream.write_to(dul.socket.socket)
-                except OSError as e:
-                    log.warning("sending %s failed: %s", stream.file.name, e)
-                    dul.socket.event_queue.put("Evt17")
+                _stream(dul, dul.to_provider_queue.get(False))
                 return "Sta6"
             return send_pdata[1](dul)
 
@@ -306,7 +305,7 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
                 and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx) else None
             if rq is not None:
                 self.message = _store_request(self.assoc, context_id, rq)
-                rest = primitive.presentation_data_value_list[1:]
+                rest = pdvs[1:]
                 if not rest:
                     return
                 primitive = P_DATA()
@@ -503,22 +502,21 @@ def _pending_too_soon(assoc: Association) -> bool:
 
 
 def _sending(dul: Any) -> threading.Lock:
-    """The lock of an association's P-DATA writes (the reactor's DT-1 and _send_now)."""
+    """The lock of an association's P-DATA writes (the reactor's DT-1 and _write_now)."""
     lock = dul.__dict__.get("_dn_sending")
     if lock is None:
         lock = dul.__dict__.setdefault("_dn_sending", threading.Lock())
     return cast(threading.Lock, lock)
 
 
-def _send_now(dul: Any, pdata: P_DATA) -> bool:
-    """Write a small message's P-DATA-TF to the socket from the calling thread (the association's),
-    when nothing queued is to go before it; False leaves it to the DUL reactor's queue.
+def _write_now(dul: Any, write: Callable[[], None]) -> bool:
+    """Run `write` (a P-DATA write to dul's socket) in the calling thread, unless something queued
+    for the reactor is to go first (False: the caller queues its message instead).
 
-    Handing each response to the reactor thread and waking it cost a C-STORE ~0.2 ms between
-    the handler's return and the response on the wire. The reactor's own P-DATA writes hold the
-    same lock, so the stream is never interleaved, and it takes a queued message only under it,
-    so an empty queue means nothing is in flight. Not over TLS: an SSL socket must not be read
-    (by the reactor) and written (here) by two threads at once.
+    The reactor's own P-DATA writes hold the same lock, so the stream is never interleaved,
+    and it takes a queued message only under it, so an empty queue means nothing is in flight.
+    Not over TLS: an SSL socket must not be read (by the reactor) and written (here) by two
+    threads at once.
     """
     sock = dul.socket
     if sock is None or isinstance(sock.socket, ssl.SSLSocket):
@@ -526,7 +524,7 @@ def _send_now(dul: Any, pdata: P_DATA) -> bool:
     with _sending(dul):
         if dul.to_provider_queue.queue or dul.state_machine.current_state != "Sta6":
             return False
-        dul._send(P_DATA_TF(pdata))
+        write()
         return True
 
 
@@ -602,26 +600,14 @@ def _send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
             views[0] = views[0][sent:]
 
 
-def _stream_now(dul: Any, stream: StreamedData) -> bool:
-    """Write a StreamedData from the calling thread (the association's, which then waits for the
-    response), when nothing queued is to go before it; False leaves it to the reactor's queue.
-
-    Handing it to the reactor cost a sub-operation of a C-GET a wake of that thread and its
-    turn; as _send_now, not over TLS, and under the same lock as the reactor's writes. A
-    failed write is the transport closing (Evt17), as when pynetdicom's own write fails.
-    """
-    sock = dul.socket
-    if sock is None or isinstance(sock.socket, ssl.SSLSocket):
-        return False
-    with _sending(dul):
-        if dul.to_provider_queue.queue or dul.state_machine.current_state != "Sta6":
-            return False
-        try:
-            stream.write_to(sock.socket)
-        except OSError as e:
-            log.warning("sending %s failed: %s", stream.file.name, e)
-            sock.event_queue.put("Evt17")
-        return True
+def _stream(dul: Any, stream: StreamedData) -> None:
+    """Write a StreamedData to dul's socket; a failed write is the transport closing (Evt17), as
+    when pynetdicom's own write fails."""
+    try:
+        stream.write_to(dul.socket.socket)
+    except OSError as e:
+        log.warning("sending %s failed: %s", stream.file.name, e)
+        dul.socket.event_queue.put("Evt17")
 
 
 def wake_reactors() -> None:
