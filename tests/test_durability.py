@@ -102,3 +102,51 @@ def test_repeated_kills_under_load_need_no_repair(make_node, tmp_path: Path) -> 
     assert acked and not lost, f"{len(lost)} of {len(acked)} acknowledged objects lost"
     assert node.cli("check", "--json").returncode == 0  # and every file hashes to its index entry
     assert node.log().count("did not stop cleanly") == 20  # every restart knew it followed a crash
+
+
+def test_a_large_objects_writes_on_their_own_thread_keep_every_byte(tmp_path: Path) -> None:
+    """Past PIPELINE_AT a sink's writes and hashing move to a thread of their own: the file and its
+    hash are still exactly what was written, in order, whatever kind of buffer it came in (a
+    writable buffer the caller reuses at once is copied first), and the thread is gone after."""
+    import hashlib
+    import os
+
+    from dicomnode.storage.archive import durable
+
+    sink = durable.HashingSink(tmp_path)
+    expect = hashlib.sha256()
+    reused = bytearray(100_003)
+    written = 0
+    for i in range(400):  # ~40 MB in pieces of three kinds, some of them odd-sized
+        piece = os.urandom(100_003 + i % 7)
+        expect.update(piece)
+        if i % 3 == 0:
+            sink.write(piece)
+        elif i % 3 == 1:
+            sink.write(memoryview(bytearray(piece)).toreadonly())
+        else:
+            reused[:] = piece
+            sink.write(memoryview(reused))
+            reused[:8] = b"\xff" * 8  # changed right after write(): must not reach the file
+        written += len(piece)
+    assert sink._writer is not None, "a 40 MB object should be written off the receiving thread"
+    sink.seal()
+    assert sink.size == written == os.path.getsize(sink.path)
+    assert sink.sha256 == expect.hexdigest() == hashlib.sha256(sink.path.read_bytes()).hexdigest()
+    assert not [t for t in threading.enumerate() if t.name == "sink-writer"]
+    sink.discard()
+    assert not sink.path.exists()
+
+
+def test_a_large_object_abandoned_mid_transfer_leaves_no_file_or_thread(tmp_path: Path) -> None:
+    import os
+
+    from dicomnode.storage.archive import durable
+
+    sink = durable.HashingSink(tmp_path)
+    for _ in range(200):
+        sink.write(os.urandom(1 << 16))
+    assert sink._writer is not None
+    sink.discard()  # what an aborted association's unclaimed sinks get
+    assert not sink.path.exists()
+    assert not [t for t in threading.enumerate() if t.name == "sink-writer"]

@@ -43,7 +43,7 @@ log = logging.getLogger("dicomnode")
 MAX_REQUEST_PDU = 1 << 20  # an A-ASSOCIATE-RQ of 128 contexts with many syntaxes is well under 100 KB
 MAX_PDU_UNANNOUNCED = 64 << 20  # max_pdu = 0 announces no limit; this is still kept
 CLIENT_MAX_PDU = 256 << 20  # what we accept from a remote we called (peers ignore our announced size)
-_READ_CHUNK = 1 << 16
+_READ_AHEAD = 1 << 20  # what a PDU read allocates before its data arrive
 
 
 @dataclass
@@ -87,31 +87,49 @@ def _bounded(_original: Callable[..., bytearray]) -> Callable[..., bytearray]:
 
 
 def _read(sock: AssociationSocket, nr_bytes: int, deadline: float | None) -> bytearray:
-    """Up to nr_bytes, by the deadline; short (and the connection closed) when it passes."""
+    """Up to nr_bytes, by the deadline; short (and the connection closed) when it passes.
+
+    Read into one buffer (no chunk objects to join), allocated up to _READ_AHEAD at first and
+    grown as the data arrive, so a peer that declares a large PDU and sends nothing costs little.
+    The socket's timeout is set once and tightened only when it would let a read run more than a
+    second past the deadline (each settimeout is two ioctls, and a PDU takes several reads).
+    """
     raw = sock.socket
-    data = bytearray()
     if raw is None:
-        return data
-    before = raw.gettimeout()
+        return bytearray()
+    data = bytearray(min(nr_bytes, _READ_AHEAD))
+    got = 0
+    before = timeout = raw.gettimeout()
+    late = False
     try:
-        while len(data) < nr_bytes:
+        while got < nr_bytes:
+            if got == len(data):
+                data.extend(bytes(min(len(data), nr_bytes - got)))
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("%s: a PDU did not arrive whole in time: connection closed", _peer(sock.assoc))
-                    sock.close()
-                    return data
-                raw.settimeout(left)
+                    late = True
+                    break
+                if timeout is None or timeout > left + 1.0 or timeout <= 0:
+                    timeout = left
+                    raw.settimeout(left)
             try:
-                chunk = raw.recv(min(_READ_CHUNK, nr_bytes - len(data)))
+                with memoryview(data) as view:
+                    n = raw.recv_into(view[got:])
             except socket.timeout:
-                continue  # the deadline check above decides
-            if not chunk:
-                return data
-            data.extend(chunk)
+                timeout = None  # the deadline check above decides, and sets a fresh timeout
+                continue
+            if not n:
+                break
+            got += n
     finally:
-        if sock.socket is not None:
+        if sock.socket is not None and timeout != before:
             raw.settimeout(before)
+    if late:
+        log.warning("%s: a PDU did not arrive whole in time: connection closed", _peer(sock.assoc))
+        sock.close()
+    if got < len(data):
+        del data[got:]
     return data
 
 

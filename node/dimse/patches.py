@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -316,6 +317,9 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
     _applied.add("quick_receive")
 
 
+_PDUS_PER_TURN = 64  # P-DATA-TF PDUs read in one turn of the DUL's reactor at most (quick_pdata)
+
+
 def quick_pdata() -> None:
     """A P-DATA-TF PDU that arrives on an established association goes straight to the DIMSE layer.
 
@@ -351,13 +355,36 @@ def quick_pdata() -> None:
             return original(self)
         if len(head) < 6 or head[0] != 0x04:
             return original(self)
+        queued = self.assoc.dimse.msg_queue
+        for _ in range(_PDUS_PER_TURN):
+            if not one_pdata(self, sock):
+                return
+            # More of the same message already waiting: read it now, not after another turn of
+            # the reactor (two selects, a queue look-up and timers per PDU). Whatever the reactor
+            # must see first ends the run: a primitive to send, a queued event, a message done.
+            if (queued.qsize() or self.to_provider_queue.qsize() or self.event_queue.qsize()
+                    or self._kill_thread or self.state_machine.current_state != "Sta6"):
+                return
+            try:
+                # select first: the socket has a timeout, and Python then waits for data before
+                # any recv, MSG_DONTWAIT or not
+                if not select.select([raw], [], [], 0)[0]:
+                    return
+                head = raw.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (OSError, ValueError):  # closed meanwhile: the reactor finds out
+                return
+            if len(head) < 6 or head[0] != 0x04:
+                return
+
+    def one_pdata(self: DULServiceProvider, sock: Any) -> bool:
+        """Read one P-DATA-TF (its header peeked) and hand it on; False when it went elsewhere."""
         header = sock.recv(6)
         length = int.from_bytes(header[2:6], "big") if len(header) == 6 else -1
         body = sock.recv(length) if length >= 0 else bytearray()
         if length < 0 or len(body) != length:
             log.error("the connection closed before the whole PDU was received")
             self.event_queue.put("Evt17")
-            return
+            return False
         pdvs = _pdvs(body)
         if pdvs is None:  # pynetdicom's decoding says what is wrong and aborts (Evt19)
             try:
@@ -365,14 +392,16 @@ def quick_pdata() -> None:
             except Exception as exc:  # as pynetdicom's own read: whatever its decoder raises
                 log.error("unable to decode the received PDU: %s", exc)
                 self.event_queue.put("Evt19")
-                return
+                return False
             self.event_queue.put(event)
             self._recv_pdu.put(pdu)
-            return
+            return False
         primitive = P_DATA()
         primitive._presentation_data_value_list = pdvs  # type: ignore[assignment]  # its setter wants lists of bytes
         self.assoc.dimse.receive_primitive(primitive)
-        _wake_association(self.assoc)
+        if self.assoc.dimse.msg_queue.qsize():  # a message is complete: the association's reactor acts
+            _wake_association(self.assoc)
+        return True
 
     DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
     _applied.add("quick_pdata")
@@ -382,8 +411,9 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
     """The presentation data values of a P-DATA-TF PDU's body (PS3.8 9.3.5: items of a 4-byte
     length, a context ID, then the message control header and the fragment), each as (context
     ID, a view of its control header and fragment), or None when the items do not fill the body
-    exactly or one is too short to hold its header."""
-    view = memoryview(body)
+    exactly or one is too short to hold its header. The views are read-only: the body is never
+    reused, so a receive sink may hold on to them without copying (durable._Writer)."""
+    view = memoryview(body).toreadonly()
     out = []
     at, end = 0, len(body)
     while at < end:

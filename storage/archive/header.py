@@ -23,6 +23,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 from dicomnode.errors import HeaderError
 from dicomnode.storage.index.models import Instance, Patient, Series, Study, dicom_tags, integer_columns
@@ -265,6 +266,12 @@ def _int(value: Any) -> int | None:
         return None
 
 
+# VRs whose raw value pydicom converts by VR and character set alone (no UN to resolve, no
+# ambiguous VR to correct, no sequence); other elements are read through the Dataset.
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                        "UI", "UR", "UT", "FL", "FD", "SL", "SS", "UL", "US"})
+
+
 @cache
 def _indexed() -> dict[int, list[tuple[str, str, bool]]]:
     """Tag -> (level, keyword, integer column?) of every level's indexed attributes, in table order."""
@@ -283,11 +290,22 @@ def index_values(header: Header) -> dict[str, dict[str, Any]]:
     ds = header.ds
     present = ds.keys()
     out: dict[str, dict[str, Any]] = {"PATIENT": {}, "STUDY": {}, "SERIES": {}, "IMAGE": {}}
+    encoding: Any = None
     for tag, targets in _indexed().items():
         if tag not in present:
             continue
         try:
-            raw = ds[tag].value
+            elem = ds.get_item(tag, keep_deferred=True)
+            vr = (elem.VR or _dictionary_vr(tag)) if isinstance(elem, RawDataElement) else ""
+            if vr in _PLAIN_VRS and isinstance(elem, RawDataElement) and elem.value is not None:
+                # what Dataset.__getitem__ would convert it to, by the same converter, without the
+                # element and hook machinery around it (it looked the character set up again for
+                # every element: ~40% of an object's index values)
+                if encoding is None:
+                    encoding = ds.original_character_set or ds._character_set
+                raw = convert_value(vr, elem, encoding)
+            else:
+                raw = ds[tag].value
         except Exception:
             continue  # an unreadable optional attribute is not worth losing the object
         for level, kw, integer in targets:
