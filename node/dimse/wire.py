@@ -15,6 +15,7 @@ tests/test_wire.py holds it byte for byte to pydicom's output.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any
 
 from pydicom.charset import convert_encodings, encode_string
@@ -171,13 +172,26 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, implement
     """The File Meta Information group, group length first, as pydicom's write_file_meta_info
     writes pynetdicom's create_file_meta (what follows the preamble and "DICM"); None when
     pydicom must write it."""
-    body = encode_elements([(0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
-                            (0x00020003, "UI", sop_instance), (0x00020010, "UI", transfer_syntax),
-                            (0x00020012, "UI", implementation_uid), (0x00020013, "SH", implementation_version)],
-                           implicit_vr=False)
-    if body is None:
+    head = _meta_head(sop_class)
+    instance = encode_elements([(0x00020003, "UI", sop_instance)], implicit_vr=False)
+    tail = _meta_tail(transfer_syntax, implementation_uid, implementation_version)
+    if head is None or instance is None or tail is None:
         return None
-    return _tag.pack(2, 0) + _short.pack(b"UL", 4) + _implicit_len.pack(len(body)) + body
+    length = len(head) + len(instance) + len(tail)
+    return b"".join((_tag.pack(2, 0), _short.pack(b"UL", 4), _implicit_len.pack(length), head, instance, tail))
+
+
+# What the File Meta of one association's objects share, encoded once: each element is encoded on
+# its own (no character set in group 0002), so the parts joined are the whole encoded at once.
+@lru_cache(maxsize=256)
+def _meta_head(sop_class: str) -> bytes | None:
+    return encode_elements([(0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class)], implicit_vr=False)
+
+
+@lru_cache(maxsize=256)
+def _meta_tail(transfer_syntax: str, implementation_uid: str, implementation_version: str) -> bytes | None:
+    return encode_elements([(0x00020010, "UI", transfer_syntax), (0x00020012, "UI", implementation_uid),
+                            (0x00020013, "SH", implementation_version)], implicit_vr=False)
 
 
 # -- command sets (PS3.7 E.1: always Implicit VR Little Endian) ---------------------------------
