@@ -354,7 +354,7 @@ class _Writer:
         self._thread.start()
 
     def put(self, data: bytes | memoryview | None) -> None:
-        if isinstance(data, memoryview) and not data.readonly or not isinstance(data, (bytes, memoryview, type(None))):
+        if data is not None and not (isinstance(data, bytes) or isinstance(data, memoryview) and data.readonly):
             data = bytes(data)
         n = len(data) if data is not None else 0
         with self._cond:

@@ -114,7 +114,6 @@ def read_header(path: Path, force: bool = False) -> Header:
     return Header(ds=ds, end=end, path=path, _meta=meta)
 
 
-_META_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _BY_SYNTAX = {str(ImplicitVRLittleEndian): (True, True), str(ExplicitVRBigEndian): (False, False)}
 
 
@@ -137,7 +136,7 @@ def _quick_header(f: BinaryIO, path: Path) -> Header | None:
         if at + 8 > length or meta[at:at + 2] != b"\x02\x00":
             return None
         vr = meta[at + 4:at + 6]
-        if vr in _META_LONG_VRS:
+        if vr in _LONG_VRS:
             if at + 12 > length:
                 return None
             size, start = int.from_bytes(meta[at + 8:at + 12], "little"), at + 12
