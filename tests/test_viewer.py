@@ -236,13 +236,29 @@ def test_window_drag_measurements_processing_scroll(node: Node, browser: Any, co
     page.keyboard.press("g")
     page.select_option("#op", "clahe")
     page.get_by_role("button", name="Apply to the shown images").click()
+    # the result is in when the viewport has its figures (none for CLAHE) and the panel says so
     page.wait_for_function("() => window.dicomnodeViewer.viewports[0].processing && "
-                           "window.dicomnodeViewer.viewports[0].drawn > 0")
-    page.wait_for_timeout(800)
+                           "window.dicomnodeViewer.viewports[0].figures !== null")
+    page.get_by_role("status").filter(has_text="Applied.").wait_for()
+    page.wait_for_timeout(200)
     assert visible_hash() != before
     page.shot("viewer-clahe")
-    page.select_option("#op", "threshold")
-    page.fill("input[name=value]", "300")
+    # a result arriving while the user fills in the next operation leaves the form as they set it:
+    # the gamma request goes out and the form is changed in one script turn, so its response can
+    # only be handled after the change
+    page.evaluate("""() => {
+        const op = document.querySelector('#op');
+        op.value = 'gamma';
+        op.dispatchEvent(new Event('change'));
+        document.querySelector('button[title="Apply to the shown images"]').click();
+        op.value = 'threshold';
+        op.dispatchEvent(new Event('change'));
+        document.querySelector('input[name=value]').value = '300';
+    }""")
+    page.wait_for_function("() => (window.dicomnodeViewer.viewports[0].processing || {}).op === 'gamma' && "
+                           "window.dicomnodeViewer.viewports[0].figures !== null")
+    page.get_by_role("status").filter(has_text="Applied.").wait_for()
+    assert page.input_value("#op") == "threshold" and page.input_value("input[name=value]") == "300"
     page.get_by_role("button", name="Apply to the shown images").click()
     page.wait_for_function("() => (window.dicomnodeViewer.viewports[0].figures || {}).unit === 'mm2'")
     figures = page.evaluate("() => window.dicomnodeViewer.viewports[0].figures")

@@ -1058,7 +1058,10 @@ function processedFor(v, s, win) {
         p.bitmap = await createImageBitmap(await r.blob());
         if (v.view.invert && v.processing.op !== "threshold") p.bitmap = await invertBitmap(p.bitmap);
         v.figures = p.figures;
-        renderSide();
+        // only the result's text: rebuilding the processing form here would throw away what the
+        // user has chosen in it meanwhile (another operation, a value typed in)
+        if (sideKind === "process" && !side.hidden) processMessage.textContent = processText(viewports[active]);
+        else renderSide();
         v.draw();
       })
       .catch((e) => { p.error = e.message; processMessage.textContent = `Processing failed: ${e.message}`; });
@@ -1073,6 +1076,15 @@ async function invertBitmap(bitmap) {
   ctx.filter = "invert(1)";
   ctx.drawImage(bitmap, 0, 0);
   return c.transferToImageBitmap();
+}
+
+// the processing panel's status line for viewport v: the threshold's figures, "Applied." once the
+// result is in; until then the line keeps what it says ("Working…", or why the request failed)
+function processText(v) {
+  const s = v && v.slice();
+  if (!v || !v.processing) return "";
+  if (!v.figures || !s) return processMessage.textContent;
+  return v.processing.op === "threshold" ? thresholdText(v.figures, s) : "Applied.";
 }
 
 function thresholdText(f, s) {
@@ -1206,7 +1218,7 @@ function renderProcess(v, s) {
     v.draw();
   });
   const off = button("Off", "Back to the original image", () => { v.processing = null; v.figures = null; processMessage.textContent = ""; v.draw(); renderSide(); });
-  if (v && v.processing) processMessage.textContent = v.figures && s ? (v.processing.op === "threshold" ? thresholdText(v.figures, s) : "Applied.") : processMessage.textContent;
+  if (v && v.processing) processMessage.textContent = processText(v);
   side.replaceChildren(heading("Processing"),
     el("p", { class: "muted", text: "Computed by the node (scikit-image) on the shown frame; the threshold works in modality units (HU for CT). Off restores the original." }),
     el("label", { for: "op" }, "Operation", opSelect), fields, el("div", { class: "row" }, apply, off), processMessage);
