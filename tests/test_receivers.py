@@ -139,3 +139,32 @@ def test_association_limits_are_the_nodes_across_its_processes(tmp_path: Path) -
         for s in idle:
             s.close()
         node.stop()
+
+
+def test_a_connection_keeps_its_row_until_its_association_ends() -> None:
+    """The shared table's rows (tally.py): pynetdicom reports a connection before it starts the
+    association's thread, so a row of an owner not yet started is not taken back by the next
+    connection; one whose owner has run and ended is; a late drop by a former owner leaves the
+    row's new holder alone."""
+    import threading
+
+    from dicomnode.node.dimse.tally import WAITING, Tally
+
+    view = Tally(2).for_process(1)
+    release = threading.Event()
+    pending = [threading.Thread(target=release.wait) for _ in range(20)]
+    rows = [view.take(t, "10.0.0.9") for t in pending]
+    assert None not in rows and len(set(rows)) == 20
+    assert view.count(WAITING, "10.0.0.9").host == 20
+    for t in pending[:5]:
+        t.start()
+    release.set()
+    for t in pending[:5]:
+        t.join()
+    later = threading.Thread(target=lambda: None)
+    row = view.take(later, "10.0.0.9")  # the five ended ones are taken back first
+    assert row in rows[:5] and view.count(WAITING, "10.0.0.9").host == 16
+    view.drop(row, pending[rows.index(row)])  # the row's former holder: not its row any more
+    assert view.count(WAITING, "10.0.0.9").host == 16
+    view.drop(row, later)
+    assert view.count(WAITING, "10.0.0.9").host == 15

@@ -167,8 +167,7 @@ class Admission:
         """Close a connection beyond the host's allowance of connections that have not yet asked."""
         assoc = event.assoc
         host = assoc.requestor.address
-        live = {id(a) for a in assoc.ae.active_associations}
-        row = self.tally.take(id(assoc), host, live)
+        row = self.tally.take(assoc, host)
         if row is None:
             log.warning("connection from %s closed: this process holds %d connections", host, self.tally.rows)
         else:
@@ -186,7 +185,7 @@ class Admission:
         """The association ended (released, aborted, rejected, its connection closed): it no longer counts."""
         row = event.assoc.__dict__.pop("_dn_row", None)
         if row is not None:
-            self.tally.drop(row)
+            self.tally.drop(row, event.assoc)
 
     def on_requested(self, event: Event) -> None:
         """Reject a request beyond the limits (A-ASSOCIATE-RJ transient, local limit exceeded)."""

@@ -23,8 +23,11 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from dicomnode.storage.archive.durable import pid_alive
 
@@ -55,39 +58,44 @@ class Tally:
         self.table: Any = multiprocessing.get_context("spawn").RawArray("q", processes * rows_per_process * COLS)
         self.region = 0
         self._lock = threading.Lock()  # this process's threads take rows of its region one at a time
+        self._owners: dict[int, weakref.ref[threading.Thread]] = {}  # this process's rows: who holds each
 
     def for_process(self, region: int) -> Tally:
         """The view of receiving process `region` (1, 2 ...; the main process is 0), to pass to it."""
         view = Tally.__new__(Tally)
         view.processes, view.rows, view.table, view.region = self.processes, self.rows, self.table, region
         view._lock = threading.Lock()
+        view._owners = {}
         return view
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_owners")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._owners = {}
 
-    def take(self, assoc: int, host: str, live: set[int]) -> int | None:
-        """A row for a new connection (waiting for its request), or None when the region is full.
-        Rows of this process's connections that are gone (`live`: the ids of those still open) are
-        taken back first: a connection whose close event never came cannot hold a row for ever."""
+    def take(self, owner: threading.Thread, host: str) -> int | None:
+        """A row for a new connection (waiting for its request), held by `owner` (its association),
+        or None when the region is full. Rows whose owner has run and ended are taken back first: a
+        connection whose close event never came cannot hold a row for ever. An owner not yet
+        started holds its row (pynetdicom reports a connection before it starts its thread)."""
         t, pid = self.table, os.getpid()
         start = self.region * self.rows
         with self._lock:
-            free = None
-            for row in range(start, start + self.rows):
-                at = row * COLS
-                if t[at + PID] == pid and t[at + ASSOC] not in live:
-                    t[at + PID] = 0
-                if t[at + PID] != pid and free is None:
-                    free = at  # a free row, or one a dead process of this region (a restart) left
-            if free is None:
+            for row, ref in list(self._owners.items()):
+                o = ref()
+                if o is None or (o.ident is not None and not o.is_alive()):
+                    self._release(row)
+            # a free row, or one a dead process of this region (a restart) left
+            free_rows = np.flatnonzero(self._rows()[start:start + self.rows, PID] != pid)
+            if not len(free_rows):
                 return None
-            t[free + ASSOC], t[free + STATE], t[free + HOST], t[free + AET] = assoc, WAITING, key(host), 0
+            free = (start + int(free_rows[0])) * COLS
+            t[free + ASSOC], t[free + STATE], t[free + HOST], t[free + AET] = id(owner), WAITING, key(host), 0
             t[free + PID] = pid  # last: a reader counts the row only once it is whole
+            self._owners[free] = weakref.ref(owner)
             return free
 
     def ask(self, row: int, aet: str) -> None:
@@ -95,28 +103,32 @@ class Tally:
         self.table[row + AET] = key(aet)
         self.table[row + STATE] = ASKED
 
-    def drop(self, row: int) -> None:
+    def drop(self, row: int, owner: threading.Thread) -> None:
+        """The connection ended: its row is free (unless taken back and given to another already)."""
+        with self._lock:
+            ref = self._owners.get(row)
+            if ref is not None and ref() is owner:
+                self._release(row)
+
+    def _release(self, row: int) -> None:
+        del self._owners[row]
         if self.table[row + PID] == os.getpid():
             self.table[row + PID] = 0
 
     def count(self, state: int, host: str, aet: str = "") -> Counts:
         """Connections in `state` across every live process: in all, from `host`, of `aet`."""
-        rows = memoryview(self.table).cast("B").cast("q").tolist()  # one copy, then plain ints
+        table = self._rows()
+        rows = table[np.flatnonzero(table[:, PID])]  # a copy of the rows in use: each writer fills a row before its PID
+        rows = rows[(rows[:, PID] != 0) & (rows[:, STATE] == state)]
+        dead = [p for p in set(rows[:, PID].tolist()) if not _alive(p)]
+        if dead:
+            rows = rows[~np.isin(rows[:, PID], dead)]
         host_key, aet_key = key(host), key(aet) if aet else -1
-        alive: dict[int, bool] = {}
-        out = Counts()
-        for at in range(0, len(rows), COLS):
-            pid = rows[at + PID]
-            if not pid or rows[at + STATE] != state:
-                continue
-            if pid not in alive:
-                alive[pid] = _alive(pid)
-            if not alive[pid]:
-                continue
-            out.total += 1
-            out.host += rows[at + HOST] == host_key
-            out.aet += rows[at + AET] == aet_key
-        return out
+        return Counts(len(rows), int((rows[:, HOST] == host_key).sum()), int((rows[:, AET] == aet_key).sum()))
+
+    def _rows(self) -> np.ndarray:
+        """The shared table as an array of rows (a view: no copy)."""
+        return np.frombuffer(self.table, dtype=np.int64).reshape(-1, COLS)
 
 
 def _alive(pid: int) -> bool:
