@@ -89,6 +89,21 @@ class _CheaplyCopiedContext(PresentationContext):
         return new
 
 
+class _ContextList(list["_CheaplyCopiedContext"]):
+    """A server's supported contexts, which pynetdicom deep-copies for every association: each
+    context copied by its own __deepcopy__ straight, without deepcopy's dispatch and memo per
+    element (0.19 -> 0.10 ms per association for the 198 contexts of the default settings)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[_CheaplyCopiedContext]:
+        return [cx.__deepcopy__(memo) for cx in self]
+
+
+def copy_contexts_cheaply(server: Any) -> None:
+    """Give a started server (ae.start_server) a context list that copies cheaply (_ContextList)."""
+    if all(isinstance(cx, _CheaplyCopiedContext) for cx in server.contexts):
+        server.contexts = _ContextList(server.contexts)
+
+
 @cache
 def retired_storage_classes() -> tuple[str, ...]:
     """Storage SOP classes the standard has retired (Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6,
