@@ -804,7 +804,8 @@ _inherited: dict[int, socket.socket] = {}
 
 def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
     """A TLS listener wraps accepted sockets without handshaking; the connection's thread then calls
-    `handshake(socket, address)` first and drops the connection when it returns False."""
+    `handshake(socket, address)` first and drops the connection when it returns False. A plain
+    connection gets no thread of its own before its association's."""
     check_version()
     if "tls" in _applied:
         return
@@ -828,8 +829,21 @@ def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
             return
         original(self, request, client_address)
 
+    threaded = ThreadedAssociationServer.process_request
+
+    def process_request(self: ThreadedAssociationServer, request: Any, client_address: Any) -> None:
+        # A plain connection's request handler only makes the Association, reports the connection
+        # and starts the association's thread: done here, in the accept loop, it spares every
+        # connection a thread of its own and a hand-over (a TLS handshake waits on the peer, so
+        # that one keeps its thread)
+        if self.ssl_context:
+            threaded(self, request, client_address)
+        else:
+            process_request_thread(self, request, client_address)
+
     AssociationServer.get_request = get_request  # type: ignore[method-assign]
     ThreadedAssociationServer.process_request_thread = process_request_thread  # type: ignore[method-assign]
+    ThreadedAssociationServer.process_request = process_request  # type: ignore[method-assign, assignment]
     _applied.add("tls")
 
 
