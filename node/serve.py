@@ -22,7 +22,7 @@ from dicomnode.errors import ArchiveError
 from dicomnode.node import metrics, services
 from dicomnode.node.activity import Activity
 from dicomnode.node.dimse import patches, tls
-from dicomnode.node.dimse.ae import copy_contexts_cheaply
+from dicomnode.node.dimse.ae import share_contexts
 from dicomnode.node.dimse.commitment import CommitmentSCP
 from dicomnode.node.dimse.qr_scp import QueryRetrieveSCP
 from dicomnode.node.dimse.storage_scp import StorageSCP
@@ -283,7 +283,7 @@ def _listen(settings: Settings, ae: AE, handlers: list[Any]) -> list[ThreadedAss
             except OSError as exc:
                 raise OSError(f"{'TLS ' if context else ''}port {address[1]}: {exc}") from None
             assert server is not None  # block=False returns the running server
-            copy_contexts_cheaply(server)
+            share_contexts(server)
             servers.append(server)
     except BaseException:
         for server in servers:

@@ -479,34 +479,51 @@ def _store_request(assoc: Association, context_id: int, p: C_STORE) -> _StoreReq
 
 
 def remember_valid_uids(size: int = 4096) -> None:
-    """pynetdicom's primitives check every UID set on them with two regular expressions: a
-    C-GET sub-operation sets four (class and instance, request and response), a tenth of the
-    node's CPU in a C-GET (py-spy). A UID that passed cleanly (valid, so nothing to warn about)
-    is remembered, up to `size` of them, and passes again without the check; any other value
-    (new, non-conformant, invalid) gets pynetdicom's own check, its warning or its error.
+    """pynetdicom checks every UID set on a primitive, a PDU item or a presentation context with
+    two regular expressions, and every AE title character by character: a C-GET sub-operation
+    sets four UIDs (class and instance, request and response), a tenth of the node's CPU in a
+    C-GET (py-spy), and an association's negotiation some forty UIDs and AE titles. A value that
+    passed cleanly (valid, so nothing to warn about) is remembered, up to `size` of each, and
+    passes again without the check; any other value (new, non-conformant, invalid) gets
+    pynetdicom's own check, its warning or its error.
     """
     check_version()
     if "uid_memo" in _applied:
         return
-    from pynetdicom import dimse_primitives
+    from pynetdicom import association, dimse_primitives, pdu, pdu_items, pdu_primitives, presentation, utils
 
-    original = dimse_primitives.set_uid
-    known: dict[str, UID] = {}
+    check_uid = utils.set_uid
+    check_ae = utils.set_ae
+    uids: dict[str, UID] = {}
+    titles: set[str] = set()
 
     def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
                 validate: bool = True) -> UID | None:
         if type(value) is str or type(value) is UID:
-            seen = known.get(value)
+            seen = uids.get(value)
             if seen is not None:
                 return seen
-        result = original(value, name, allow_empty, allow_none, validate)
+        result = check_uid(value, name, allow_empty, allow_none, validate)
         if result and validate and isinstance(value, str) and result.is_valid:
-            if len(known) >= size:
-                known.clear()
-            known[value] = result
+            if len(uids) >= size:
+                uids.clear()
+            uids[value] = result
         return result
 
-    dimse_primitives.set_uid = set_uid
+    def set_ae(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True) -> str | None:
+        if type(value) is str and value in titles:
+            return value
+        result = check_ae(value, name, allow_empty, allow_none)
+        if type(value) is str and value.strip():  # valid (or it raised), and valid whatever the flags
+            if len(titles) >= size:
+                titles.clear()
+            titles.add(value)
+        return result
+
+    for module in (dimse_primitives, pdu_items, pdu_primitives, presentation):
+        module.set_uid = set_uid  # type: ignore[attr-defined]
+    for module in (association, dimse_primitives, pdu, pdu_items, pdu_primitives):
+        module.set_ae = set_ae  # type: ignore[attr-defined]
     _applied.add("uid_memo")
 
 
