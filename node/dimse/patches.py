@@ -61,7 +61,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import QueryRetrieveServiceClass
-from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 VERIFIED_WITH = "3.0."
 QR_SERVICE_METHODS = {"find": "_c_find_scp", "move": "_move_scp", "get": "_get_scp"}
@@ -822,7 +822,9 @@ _inherited: dict[int, socket.socket] = {}
 def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
     """A TLS listener wraps accepted sockets without handshaking; the connection's thread then calls
     `handshake(socket, address)` first and drops the connection when it returns False. A plain
-    connection gets no thread of its own before its association's."""
+    connection gets no thread of its own before its association's, and an association's DUL
+    starts beside the association's thread rather than from it (A-ASSOCIATE-RQ -> AC, raw-socket
+    echo associations, medians of 150 in two interleaved pairs: 2.43/2.52 -> 2.20/2.30 ms)."""
     check_version()
     if "tls" in _applied:
         return
@@ -858,7 +860,22 @@ def handshake_in_thread(handshake: Callable[[Any, Any], bool]) -> None:
         else:
             process_request_thread(self, request, client_address)
 
+    def handle(self: RequestHandler) -> None:
+        # pynetdicom's handler starts the association's thread, which starts the DUL's and waits
+        # until it runs; started here, side by side, the DUL reads the A-ASSOCIATE-RQ while the
+        # association's thread is still starting (the reactor then skips its own start and wait)
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.dul.start()
+        assoc._started_dul = True
+        try:
+            assoc.start()
+        except BaseException:  # no thread to be had: nothing would ever stop the DUL's
+            assoc.dul.kill_dul()
+            raise
+
     AssociationServer.get_request = get_request  # type: ignore[method-assign]
+    RequestHandler.handle = handle  # type: ignore[method-assign]
     ThreadedAssociationServer.process_request_thread = process_request_thread  # type: ignore[method-assign]
     ThreadedAssociationServer.process_request = process_request  # type: ignore[method-assign, assignment]
     _applied.add("tls")
