@@ -234,3 +234,70 @@ def test_remembered_uids_still_checked_when_new_or_bad(caplog: pytest.LogCapture
         assert "Non-conformant" in caplog.text
         with pytest.raises(ValueError):
             rq.AffectedSOPInstanceUID = "1." * 40  # over 64 characters
+
+
+def _request(kind: str) -> object:
+    rq = {"echo": C_ECHO, "find": C_FIND, "get": C_GET, "move": C_MOVE}[kind]()
+    rq.MessageID = 7
+    rq.AffectedSOPClassUID = "1.2.840.10008.1.1" if kind == "echo" else "1.2.840.10008.5.1.4.1.2.2.1"
+    if kind != "echo":
+        rq.Priority = 1
+        rq.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY \x20\x00\x0d\x00\x06\x00\x00\x001.2.3\x00")
+    if kind == "move":
+        rq.MoveDestination = "STORESCP"
+    return rq
+
+
+@pytest.mark.parametrize("kind", ["echo", "find", "get", "move"])
+def test_requests_decode_as_pynetdicom_decodes_them(kind: str) -> None:
+    """patches.quick_receive: C-ECHO, C-FIND, C-GET and C-MOVE requests become the primitives
+    pynetdicom's own decoding makes (which it takes when its debug log is on), identifier and all."""
+    import logging
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    from dicomnode.node.dimse import patches
+
+    patches.quick_receive(wire.decode_command)
+    rq = _request(kind)
+    msg = _RQ_TO_MESSAGE[type(rq)]()
+    msg.primitive_to_message(rq)
+    pdatas = list(msg.encode_msg(3, 16384))
+    got = []
+    debug = logging.getLogger("pynetdicom")
+    level = debug.level
+    try:
+        for pynetdicoms in (False, True):
+            debug.setLevel(logging.DEBUG if pynetdicoms else level)
+            dimse = Association(AE(), "acceptor").dimse
+            for n, p in enumerate(pdatas):
+                dimse.receive_primitive(p)
+                if n == 0 and kind != "echo":  # the command set decoded: whose message receives the rest
+                    assert type(dimse.message) is (_RQ_TO_MESSAGE[type(rq)] if pynetdicoms else patches._Request)
+            got.append(dimse.msg_queue.get(False))
+    finally:
+        debug.setLevel(level)
+    (cx_quick, quick), (cx_theirs, theirs) = got
+    assert type(quick) is type(theirs) and cx_quick == cx_theirs == 3 == quick._context_id == theirs._context_id
+    for name in ("MessageID", "AffectedSOPClassUID", "Priority", "MoveDestination"):
+        assert getattr(quick, name, None) == getattr(theirs, name, None)
+    if kind != "echo":
+        assert quick.Identifier.getvalue() == theirs.Identifier.getvalue() == rq.Identifier.getvalue()  # type: ignore[attr-defined]
+
+
+def test_remembered_ae_titles_still_checked_when_new_or_bad() -> None:
+    """patches.remember_valid_uids also remembers AE titles that passed: a bad one is still refused
+    each time, a title that was remembered still passes."""
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+    from dicomnode.node.dimse import patches
+
+    patches.remember_valid_uids()
+    for _ in range(2):
+        p = A_ASSOCIATE()
+        p.calling_ae_title = "STORESCU"
+        assert p.calling_ae_title == "STORESCU"
+        for bad in ("A\\B", "TOO_LONG_FOR_AN_AE", "    "):
+            with pytest.raises(ValueError):
+                p.calling_ae_title = bad

@@ -56,7 +56,7 @@ from pydicom.uid import UID
 from pynetdicom import _config, _handlers, dimse_messages, evt, fsm, service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -262,7 +262,7 @@ def quick_send(command_set: Callable[[str, Any, tuple[str, ...], bool], bytes | 
 
 
 def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> None:
-    """DIMSE-C responses without a data set, and C-STORE requests' command sets, are decoded faster
+    """DIMSE-C responses without a data set, and DIMSE-C requests' command sets, are decoded faster
     than pynetdicom decodes them.
 
     pynetdicom decodes every command set into a pydicom data set and copies it element by element
@@ -271,7 +271,9 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
     sends one: it is a hundred bytes) has its command set decoded by `decode_command`
     (node/dimse/wire.py) straight into the primitive, through the same setters; so has a
     C-STORE request's, whose data set pynetdicom then receives as ever (_store_request makes
-    the file and message its decode_msg would have made). Anything else,
+    the file and message its decode_msg would have made), and the other requests' (C-ECHO, and
+    C-FIND, C-GET and C-MOVE, whose identifier pynetdicom then receives into a _Request): 0.27
+    of the 0.78 ms a node took to answer an echo was pynetdicom's decode. Anything else,
     or a command set that decoder leaves alone, goes to pynetdicom, as do all messages when its
     debug log is on or a handler of ours wants the received message (EVT_DIMSE_RECV).
     """
@@ -285,6 +287,11 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
     responses: dict[int, Any] = {field: _MSG_TO_PRIMITVE[name[:-4].replace("-", "_")]
                  for field, (name, _cls) in _MESSAGE_TYPES.items()
                  if name in ("C-STORE-RSP", "C-FIND-RSP", "C-GET-RSP", "C-MOVE-RSP", "C-ECHO-RSP")}
+    # requests other than C-STORE's: C-ECHO without a data set, the Q/R ones with their identifier
+    requests: dict[int, tuple[Any, str | None]] = {
+        field: (_MSG_TO_PRIMITVE[name[:-3].replace("-", "_")],
+                dimse_messages._DATASET_KEYWORDS.get(name.replace("-", "_")))
+        for field, (name, _cls) in _MESSAGE_TYPES.items() if name in ("C-ECHO-RQ", "C-FIND-RQ", "C-GET-RQ", "C-MOVE-RQ")}
 
     def receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
         pdvs = primitive.presentation_data_value_list
@@ -301,6 +308,23 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
                 rsp._context_id = context_id
                 self.msg_queue.put((context_id, rsp))
                 return
+            request = requests.get(fields.get("CommandField", -1)) if fields else None
+            if request is not None and fields is not None:
+                kind, data_keyword = request
+                has_data = fields.get("CommandDataSetType") != 0x0101
+                rq = _filled(kind, fields) if has_data == (data_keyword is not None) else None
+                if rq is not None and data_keyword is None:  # C-ECHO: complete
+                    rq._context_id = context_id
+                    self.msg_queue.put((context_id, rq))
+                    return
+                if rq is not None and data_keyword is not None:
+                    self.message = _Request(context_id, rq, data_keyword)
+                    rest = pdvs[1:]
+                    if not rest:
+                        return
+                    primitive = P_DATA()
+                    primitive._presentation_data_value_list = rest
+                    return original(self, primitive)
             rq = _filled(C_STORE, fields) if (
                 fields and fields.get("CommandField") == 0x0001 and fields.get("CommandDataSetType") != 0x0101
                 and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx) else None
@@ -425,6 +449,28 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
         out.append((body[at + 4], view[at + 5:at + 4 + n]))
         at += 4 + n
     return out or None
+
+
+class _Request(DIMSEMessage):
+    """A C-FIND, C-GET or C-MOVE request whose command set quick_receive decoded: pynetdicom's
+    decode_msg receives its identifier, and the primitive is made already."""
+
+    def __init__(self, context_id: int, primitive: Any, data_keyword: str) -> None:
+        # not DIMSEMessage's: it builds a command set data set, which this message has no use for
+        self.context_id = context_id
+        self.primitive = primitive
+        self.data_keyword = data_keyword
+        self.encoded_command_set = BytesIO()
+        self.data_set = BytesIO()
+        self.command_set = None  # type: ignore[assignment]
+        self._data_set_path = None
+        self._data_set_file = None
+
+    def message_to_primitive(self) -> Any:
+        p = self.primitive
+        setattr(p, self.data_keyword, self.data_set)
+        p._context_id = self.context_id
+        return p
 
 
 class _StoreRequest(C_STORE_RQ):
