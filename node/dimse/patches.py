@@ -13,7 +13,8 @@ pynetdicom's public API has no hook for thirteen things the node needs:
     `wrap_socket_recv`;
   - the TLS handshake of an accepted connection done in its own thread
     (pynetdicom does it in the accept loop, blocking every other client while
-    one stays silent): `handshake_in_thread`;
+    one stays silent), and a plain connection's association and DUL threads
+    started from the accept loop side by side: `handshake_in_thread`;
   - sending a request (the storage commitment report) on an association the
     peer opened, from another thread, without the association's own reactor
     taking the response off the queue: `reactor_paused`;
@@ -23,11 +24,12 @@ pynetdicom's public API has no hook for thirteen things the node needs:
   - DIMSE-C command sets encoded without pydicom's writer, a small message
     sent as one PDU, and a C-STORE from a file written to the socket by the
     reactor in large writes: `quick_send`;
-  - DIMSE-C responses and C-STORE requests' command sets decoded without
-    pydicom: `quick_receive`;
+  - DIMSE-C responses' and requests' command sets decoded without pydicom:
+    `quick_receive`;
   - a P-DATA-TF PDU handed to the DIMSE layer without pynetdicom's PDU
     objects and state machine turn: `quick_pdata`;
-  - UIDs that passed pynetdicom's checks once not checked again: `remember_valid_uids`;
+  - UIDs and AE titles that passed pynetdicom's checks once not checked again:
+    `remember_valid_uids`;
   - reactors woken by what they wait for (data on the socket, a message
     queued) rather than polling with 1 ms naps: `wake_reactors`.
 Each reaches into names of pynetdicom 3.0.x; `check_version` refuses to run
