@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -136,7 +136,7 @@ class QueryRetrieveSCP:
         model = qr_root("find", str(event.request.AffectedSOPClassUID))
         who = event.assoc.requestor.ae_title
         try:
-            req = parse_identifier(event.identifier, model or "STUDY", self.settings.pn_case_insensitive)
+            req = parse_identifier(identifier_of(event), model or "STUDY", self.settings.pn_case_insensitive)
         except QueryError as exc:
             log.warning("C-FIND from %s refused: %s", who, exc)
             yield status_dataset(IDENTIFIER_MISMATCH, str(exc)), None
@@ -217,7 +217,7 @@ class QueryRetrieveSCP:
                 yield PENDING, f
                 sent += 1
         finally:
-            ident = event.identifier
+            ident = identifier_of(event)
             self.audit.record("retrieve", "success" if sent == len(files) else "failure", service=what.split()[0],
                               destination=str(getattr(event, "move_destination", "") or "").strip() or None,
                               study=ident.get("StudyInstanceUID") if ident is not None else None,
@@ -227,7 +227,7 @@ class QueryRetrieveSCP:
         """The archived instances a retrieve identifier names (by unique keys, lists allowed)."""
         model = qr_root(service, str(event.request.AffectedSOPClassUID)) or "STUDY"
         try:
-            query = self._retrieve_query(model, event.identifier)
+            query = self._retrieve_query(model, identifier_of(event))
             with self.db.engine.connect() as conn:
                 rows = list(run(conn, query, self.db.dialect))
         except QueryError as exc:
@@ -310,16 +310,24 @@ def _guarded(original: Callable[..., None], service: str) -> Callable[..., None]
     return scp
 
 
+def identifier_of(event: Event) -> Dataset:
+    """A C-FIND/C-MOVE/C-GET request's identifier: as the authorization check decoded it
+    (_identifier), else as pynetdicom decodes it for the handler."""
+    ds = getattr(event.request, "_dn_identifier", None)
+    return cast(Dataset, ds) if ds is not None else event.identifier
+
+
 def _identifier(req: Any, context: Any) -> Dataset:
-    """Decoded as pynetdicom decodes it for the handler (which then decodes it again), every element
-    parsed now: what cannot be decoded is a QueryError (0xA900 with its reason), not pynetdicom's
-    0xC311 with a traceback in the log."""
+    """Decoded as pynetdicom decodes it for the handler, every element parsed now: what cannot be
+    decoded is a QueryError (0xA900 with its reason), not pynetdicom's 0xC311 with a traceback in
+    the log. Kept on the request for the handler (identifier_of), which needs it decoded too."""
     syntax = context.transfer_syntax[0]
     try:
         req.Identifier.seek(0)
         ds = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
         for _elem in ds.iterall():  # parse now, inside the try
             pass
+        req._dn_identifier = ds
         return ds
     except RecursionError:
         raise QueryError("cannot decode the identifier: nested too deeply") from None
