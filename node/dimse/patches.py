@@ -315,28 +315,19 @@ def quick_receive(decode_command: Callable[[bytes], dict[str, Any] | None]) -> N
                 kind, data_keyword = request
                 has_data = fields.get("CommandDataSetType") != 0x0101
                 rq = _filled(kind, fields) if has_data == (data_keyword is not None) else None
-                if rq is not None and data_keyword is None:  # C-ECHO: complete
-                    rq._context_id = context_id
-                    self.msg_queue.put((context_id, rq))
+                if rq is not None:
+                    if data_keyword is None:  # C-ECHO: complete
+                        rq._context_id = context_id
+                        self.msg_queue.put((context_id, rq))
+                    else:  # the identifier follows (this P-DATA held the command set only)
+                        self.message = _Request(context_id, rq, data_keyword)
                     return
-                if rq is not None and data_keyword is not None:
-                    self.message = _Request(context_id, rq, data_keyword)
-                    rest = pdvs[1:]
-                    if not rest:
-                        return
-                    primitive = P_DATA()
-                    primitive._presentation_data_value_list = rest
-                    return original(self, primitive)
             rq = _filled(C_STORE, fields) if (
                 fields and fields.get("CommandField") == 0x0001 and fields.get("CommandDataSetType") != 0x0101
                 and _config.STORE_RECV_CHUNKED_DATASET and context_id in self.assoc._accepted_cx) else None
-            if rq is not None:
+            if rq is not None:  # the data set follows (this P-DATA held the command set only)
                 self.message = _store_request(self.assoc, context_id, rq)
-                rest = pdvs[1:]
-                if not rest:
-                    return
-                primitive = P_DATA()
-                primitive._presentation_data_value_list = rest
+                return
         original(self, primitive)
 
     DIMSEServiceProvider.receive_primitive = receive_primitive  # type: ignore[method-assign]
@@ -454,8 +445,8 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
 
 
 class _Request(DIMSEMessage):
-    """A C-FIND, C-GET or C-MOVE request whose command set quick_receive decoded: pynetdicom's
-    decode_msg receives its identifier, and the primitive is made already."""
+    """A request whose command set quick_receive decoded, its primitive made already: pynetdicom's
+    decode_msg receives its data set (a C-FIND/C-GET/C-MOVE identifier; _StoreRequest's)."""
 
     def __init__(self, context_id: int, primitive: Any, data_keyword: str) -> None:
         # not DIMSEMessage's: it builds a command set data set, which this message has no use for
@@ -475,24 +466,15 @@ class _Request(DIMSEMessage):
         return p
 
 
-class _StoreRequest(C_STORE_RQ):
+class _StoreRequest(_Request, C_STORE_RQ):
     """A C-STORE-RQ whose command set quick_receive decoded: its data set is received by
-    pynetdicom's decode_msg (into the file receive_into made), its primitive made already."""
+    pynetdicom's decode_msg into the file receive_into made."""
 
     def __init__(self, context_id: int, primitive: C_STORE) -> None:
-        # not DIMSEMessage's: it builds a command set data set, which this message has no use for
-        self.context_id = context_id
-        self.primitive = primitive
-        self.encoded_command_set = BytesIO()
-        self.data_set = BytesIO()
-        self.command_set = None  # type: ignore[assignment]
-        self._data_set_path = None
-        self._data_set_file = None
+        super().__init__(context_id, primitive, "DataSet")
 
     def message_to_primitive(self) -> Any:
-        p = self.primitive
-        p.DataSet = self.data_set
-        p._context_id = self.context_id
+        p = super().message_to_primitive()
         p._dataset_path = self._data_set_path
         p._dataset_file = self._data_set_file
         return p
